@@ -1,0 +1,271 @@
+"""Batched extraction: source -> decode/resize in DataLoader workers -> backbone -> store.
+
+Only images whose (key, stamp) is not already in the store or in the journal of an
+interrupted run are decoded and embedded. Batches are formed from that to-do list in
+source order and committed whole, so a resumed run forms the same batches as an
+uninterrupted one and produces the same features.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from . import __version__
+from .backbones import Backbone, load_backbone
+from .errors import FeatxError, StoreError
+from .images import ImageDecodeError, decode_rgb
+from .preprocess import Preprocessing
+from .sources import Item, Source, open_source
+from .store import Journal, Rows, digest, read_rows, store_path_for, write_lock, write_store
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ExtractResult:
+    path: Path
+    rows: int  # images in the store
+    embedded: int  # images put through the network in this run
+    reused: int  # images whose features came from the store or an interrupted run
+    skipped: int  # files recorded as not embedded, with their reasons
+    seconds: float  # wall time of the embedding loop
+    precision: str
+    device: str
+
+    @property
+    def images_per_second(self) -> float:
+        return self.embedded / self.seconds if self.seconds > 0 else 0.0
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device not in ("cpu", "cuda"):
+        raise FeatxError(f"--device {device}: choose auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FeatxError("--device cuda: no CUDA device is available (use --device cpu)")
+    return torch.device(device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """``auto``: bfloat16 where the hardware runs it natively, else fp16 (CUDA) or fp32."""
+    if precision == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+    if precision not in PRECISIONS:
+        raise FeatxError(f"--precision {precision}: choose auto, fp32, bf16 or fp16")
+    return precision
+
+
+def default_workers() -> int:
+    return min(8, len(os.sched_getaffinity(0)))
+
+
+class _Decoded(Dataset):
+    """Reads and decodes one image per call; runs inside DataLoader workers."""
+
+    def __init__(self, source: Source, items: list[Item], pre: Preprocessing):
+        self.source, self.items, self.pre = source, items, pre
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        try:
+            data = self.source.read(self.items[i])
+        except OSError as exc:
+            return i, None, f"cannot read: {exc.strerror or exc}", ""
+        sha = hashlib.sha256(data).hexdigest()
+        try:
+            return i, self.pre.to_uint8(decode_rgb(data)), "", sha
+        except ImageDecodeError as exc:
+            return i, None, str(exc), sha
+
+
+def _collate(samples):
+    ok = [s for s in samples if s[1] is not None]
+    batch = torch.stack([s[1] for s in ok]) if ok else None
+    return ok, [s for s in samples if s[1] is None], batch
+
+
+def store_key(source: Source, backbone: Backbone, precision: str) -> str:
+    ident = backbone.identity()
+    ident.pop("name")  # the same network and weights under another name share a store
+    ident.pop("weights")
+    return digest({"source": source.spec, "backbone": ident, "precision": precision})
+
+
+def _manifest(source: Source) -> str:
+    return digest({
+        "source": source.spec,
+        "items": [(it.key, it.stamp, it.label) for it in source.items],
+        "classes": source.classes,
+        "problems": source.problems,
+    })
+
+
+def extract(
+    data: str | Source,
+    backbone: str | Backbone,
+    cache_dir: str | os.PathLike = "cache",
+    *,
+    weights: str | None = None,
+    layers: tuple[str, ...] = (),
+    image_size: int | None = None,
+    batch_size: int = 64,
+    precision: str = "auto",
+    device: str = "auto",
+    workers: int | None = None,
+    commit_rows: int = 2048,
+    commit_seconds: float = 30.0,
+    progress: bool = False,
+) -> ExtractResult:
+    """Embed every image of ``data`` with ``backbone`` into a store under ``cache_dir``.
+
+    Returns where the store is and how much work was done. Images already embedded
+    (same key and stamp, in the store or the journal of an interrupted run) are reused.
+    """
+    source = data if isinstance(data, Source) else open_source(data)
+    if isinstance(backbone, str):
+        backbone = load_backbone(backbone, weights=weights, layers=layers, image_size=image_size)
+    if batch_size < 1:
+        raise FeatxError(f"--batch-size {batch_size}: must be at least 1")
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    path = store_path_for(cache_dir, source.name, backbone.name, store_key(source, backbone, prec))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    manifest = _manifest(source)
+
+    with write_lock(path):
+        journal = Journal(path)
+        old = None
+        if path.exists():
+            try:
+                old = read_rows(path)
+            except StoreError:
+                old = None  # unreadable: rebuilt below, replaced atomically
+        pool = [old[0]] if old else []
+        pool += journal.read()
+        if old and not journal.chunks() and old[4] == manifest:
+            rows = old[0]
+            return ExtractResult(path, len(rows), 0, len(rows), len(rows.skipped_keys), 0.0, prec, dev.type)
+
+        names = ["embedding", *backbone.layers]
+        done = {(k, s) for p in pool for k, s in zip(p.keys.tolist(), p.stamps.tolist())}
+        done |= {(k, s) for p in pool for k, s in zip(p.skipped_keys.tolist(), p.skipped_stamps.tolist()) if s}
+        todo = [it for it in source.items if (it.key, it.stamp) not in done]
+
+        start = time.perf_counter()
+        new_parts = _embed(source, todo, backbone, journal, dev, prec, batch_size,
+                           default_workers() if workers is None else workers,
+                           commit_rows, commit_seconds, progress)
+        seconds = time.perf_counter() - start
+
+        rows, labels = _assemble(source, pool + new_parts, names, backbone.dims)
+        provenance = {
+            "featx": __version__,
+            "torch": torch.__version__,
+            "timm": _version("timm"),
+            "torchvision": _version("torchvision"),
+            "backbone": backbone.identity(),
+            "precision": prec,
+            "device": dev.type,
+            "source": source.spec,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        write_store(path, rows, labels, source.classes, provenance, manifest)
+        journal.clear()
+    embedded = sum(len(p) for p in new_parts)
+    return ExtractResult(path, len(rows), embedded, len(rows) - embedded, len(rows.skipped_keys), seconds, prec, dev.type)
+
+
+def _version(module: str) -> str:
+    try:
+        return __import__(module).__version__
+    except ImportError:
+        return ""
+
+
+def _embed(source, todo, backbone, journal, dev, prec, batch_size, workers, commit_rows, commit_seconds, progress):
+    """Embed ``todo`` in batches, committing whole batches to the journal as it goes."""
+    if not todo:
+        return []
+    from tqdm import tqdm
+
+    model = backbone.model.to(dev, memory_format=torch.channels_last)
+    pre = backbone.preprocessing
+    n_batches = -(-len(todo) // batch_size)
+    loader = DataLoader(
+        _Decoded(source, todo, pre), batch_size=batch_size, shuffle=False, collate_fn=_collate,
+        num_workers=min(workers, n_batches), pin_memory=dev.type == "cuda",
+    )
+    dtype = PRECISIONS[prec]
+    autocast = torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    names = ["embedding", *backbone.layers]
+    parts, pending, last_commit = [], [], time.monotonic()
+
+    def commit():
+        nonlocal pending, last_commit
+        if pending:
+            rows = Rows.concat(pending, names, backbone.dims)
+            journal.commit(rows)
+            parts.append(rows)
+        pending, last_commit = [], time.monotonic()
+
+    bar = tqdm(total=len(todo), unit="img", desc=backbone.name, disable=not progress, file=sys.stderr, smoothing=0.1)
+    try:
+        with torch.inference_mode():
+            for ok, failed, batch in loader:
+                feats = {n: np.zeros((0, backbone.dims[n]), np.float32) for n in names}
+                if batch is not None:
+                    x = pre.normalize(batch.to(dev, non_blocking=True)).contiguous(memory_format=torch.channels_last)
+                    with autocast:
+                        out = backbone.embed(x)
+                    feats = {n: out[n].float().cpu().numpy() for n in names}
+                pending.append(Rows(
+                    keys=np.array([todo[i].key for i, *_ in ok], dtype=str),
+                    stamps=np.array([todo[i].stamp for i, *_ in ok], dtype=str),
+                    sha256=np.array([s[3] for s in ok], dtype=str),
+                    features=feats,
+                    skipped_keys=np.array([todo[i].key for i, *_ in failed], dtype=str),
+                    skipped_stamps=np.array([todo[i].stamp for i, *_ in failed], dtype=str),
+                    skipped_reasons=np.array([s[2] for s in failed], dtype=str),
+                ))
+                bar.update(len(ok) + len(failed))
+                if sum(len(p) for p in pending) >= commit_rows or time.monotonic() - last_commit >= commit_seconds:
+                    commit()
+        commit()
+    finally:
+        bar.close()
+    return parts
+
+
+def _assemble(source: Source, parts: list[Rows], names: list[str], dims: dict[str, int]) -> tuple[Rows, np.ndarray]:
+    """Rows for the source's current items, in source order, from old and new parts."""
+    pool = Rows.concat(parts, names, dims)
+    row_of = {ks: i for i, ks in enumerate(zip(pool.keys.tolist(), pool.stamps.tolist()))}
+    reason_of = dict(zip(zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist()), pool.skipped_reasons.tolist()))
+    sel, labels, skipped = [], [], [(k, "", r) for k, r in source.problems]
+    for it in source.items:
+        i = row_of.get((it.key, it.stamp))
+        if i is not None:
+            sel.append(i)
+            labels.append(it.label)
+        elif (it.key, it.stamp) in reason_of:
+            skipped.append((it.key, it.stamp, reason_of[(it.key, it.stamp)]))
+    sel = np.asarray(sel, dtype=np.int64)
+    sk = np.array(skipped, dtype=str).reshape(-1, 3)
+    rows = Rows(pool.keys[sel], pool.stamps[sel], pool.sha256[sel], {n: pool.features[n][sel] for n in names},
+                sk[:, 0], sk[:, 1], sk[:, 2])
+    return rows, np.asarray(labels, dtype=np.int64)

@@ -1,0 +1,227 @@
+"""Image sources: an ImageFolder directory, a tar archive read in place, a CSV manifest.
+
+A source lists its images in a deterministic order as :class:`Item` records (a stable
+key, the label index, a cheap change stamp) and reads any item's bytes on demand, so
+DataLoader workers can share it. Files that are present but cannot be used (a
+non-image extension, an unsafe tar member, a CSV row naming a missing file) are listed
+in ``problems`` with a one-line reason instead of stopping the run.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import os
+import re
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .errors import SourceError
+from .images import is_image_name
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str  # stable relative path, '/'-separated; unique within the source
+    label: int  # index into the source's classes, -1 when unlabelled
+    stamp: str  # changes when the file changes (size and modification time)
+
+
+@dataclass
+class Source:
+    """Base class: ``spec`` identifies the source, ``name`` is a short readable label."""
+
+    spec: str
+    name: str
+    classes: list[str] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+    def read(self, item: Item) -> bytes:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+
+def _stamp(st: os.stat_result) -> str:
+    return f"{st.st_size}:{st.st_mtime_ns}"
+
+
+def _label_items(entries: list[tuple[str, str]]) -> tuple[list[str], list[Item]]:
+    """(key, stamp) pairs -> classes from each key's first folder, and sorted items."""
+    entries = sorted(entries)
+    classes = sorted({k.split("/", 1)[0] for k, _ in entries if "/" in k})
+    index = {c: i for i, c in enumerate(classes)}
+    items = [Item(k, index[k.split("/", 1)[0]] if "/" in k else -1, s) for k, s in entries]
+    return classes, items
+
+
+class ImageFolderSource(Source):
+    """``root/<class>/<image>``; images directly in ``root`` are unlabelled."""
+
+    def __init__(self, root: str | os.PathLike):
+        root = Path(root)
+        if not root.is_dir():
+            raise SourceError(f"{root}: not a directory")
+        super().__init__(spec=f"dir:{root.resolve()}", name=root.resolve().name)
+        self.root = root
+        entries, problems = [], []
+        # os.walk does not follow symlinked folders, so a symlink loop cannot trap it.
+        for dirpath, dirnames, filenames in os.walk(root, onerror=None):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            rel_dir = Path(dirpath).relative_to(root).as_posix()
+            for fn in sorted(filenames):
+                if fn.startswith("."):
+                    continue
+                key = fn if rel_dir == "." else f"{rel_dir}/{fn}"
+                if not is_image_name(fn):
+                    problems.append((key, f"not an image file extension ({Path(fn).suffix or 'none'})"))
+                    continue
+                try:
+                    st = os.stat(os.path.join(dirpath, fn))
+                except OSError as exc:
+                    problems.append((key, f"cannot stat: {exc.strerror}"))
+                    continue
+                entries.append((key, _stamp(st)))
+        self.classes, self.items = _label_items(entries)
+        self.problems = problems
+
+    def read(self, item: Item) -> bytes:
+        with open(self.root / item.key, "rb") as fh:
+            return fh.read()
+
+
+_TAR_RE = re.compile(r"^(?P<path>.+?\.tar)(?::(?P<prefix>.*))?$")
+
+
+class TarSource(Source):
+    """An uncompressed tar holding an ImageFolder tree, ``file.tar[:prefix]``.
+
+    Members are read in place by offset: nothing is extracted to disk.
+    """
+
+    def __init__(self, path: str | os.PathLike, prefix: str = ""):
+        path = Path(path)
+        if not path.is_file():
+            raise SourceError(f"{path}: no such tar archive")
+        prefix = prefix.strip("/")
+        super().__init__(
+            spec=f"tar:{path.resolve()}:{prefix}",
+            name="-".join([path.name.removesuffix(".tar")] + [p for p in prefix.split("/") if p][-1:]),
+        )
+        self.path = path
+        self._fh = None
+        self._fh_pid = None
+        self._offsets: dict[str, tuple[int, int]] = {}
+        entries, problems = [], []
+        base = f"{prefix}/" if prefix else ""
+        try:
+            with tarfile.open(path, mode="r:") as tar:
+                for m in tar:
+                    name = m.name
+                    if base and not name.startswith(base):
+                        continue
+                    rel = name[len(base):]
+                    parts = PurePosixPath(rel).parts
+                    if name.startswith("/") or ".." in parts:
+                        problems.append((name, "unsafe member name (absolute or '..')"))
+                        continue
+                    if not rel or m.isdir():
+                        continue
+                    if not m.isreg():
+                        problems.append((rel, "not a regular file"))
+                        continue
+                    if any(p.startswith(".") for p in parts):
+                        continue
+                    if not is_image_name(rel):
+                        problems.append((rel, f"not an image file extension ({PurePosixPath(rel).suffix or 'none'})"))
+                        continue
+                    self._offsets[rel] = (m.offset_data, m.size)
+                    entries.append((rel, f"{m.size}:{int(m.mtime)}"))
+        except tarfile.ReadError as exc:
+            raise SourceError(f"{path}: not a readable uncompressed tar archive ({exc})") from None
+        if not entries and not problems:
+            raise SourceError(f"{path}: no files under prefix {prefix!r}")
+        self.classes, self.items = _label_items(entries)
+        self.problems = problems
+
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["_fh"] = state["_fh_pid"] = None  # each worker opens its own handle
+        return state
+
+    def read(self, item: Item) -> bytes:
+        if self._fh is None or self._fh_pid != os.getpid():
+            self._fh = open(self.path, "rb")
+            self._fh_pid = os.getpid()
+        offset, size = self._offsets[item.key]
+        self._fh.seek(offset)
+        return self._fh.read(size)
+
+
+class CsvSource(Source):
+    """A manifest with columns ``path,label``; paths are relative to the CSV's folder."""
+
+    def __init__(self, path: str | os.PathLike):
+        path = Path(path)
+        if not path.is_file():
+            raise SourceError(f"{path}: no such CSV manifest")
+        super().__init__(spec=f"csv:{path.resolve()}", name=path.stem)
+        self.base = path.resolve().parent
+        try:
+            text = path.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SourceError(f"{path}: cannot read manifest ({exc})") from None
+        reader = csv.DictReader(io.StringIO(text))
+        columns = [c.strip() for c in (reader.fieldnames or [])]
+        if "path" not in columns:
+            raise SourceError(f"{path}: manifest needs a 'path' column (found {columns or 'no header'})")
+        rows, problems, seen = [], [], set()
+        for lineno, row in enumerate(reader, start=2):
+            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            key = PurePosixPath(row.get("path", "").replace("\\", "/")).as_posix()
+            if not row.get("path"):
+                problems.append((f"{path.name}:{lineno}", "blank path"))
+                continue
+            if key in seen:
+                problems.append((key, f"duplicate row (line {lineno})"))
+                continue
+            seen.add(key)
+            try:
+                st = os.stat(self.base / key)
+            except OSError as exc:
+                problems.append((key, f"cannot open: {exc.strerror}"))
+                continue
+            rows.append((key, row.get("label", ""), _stamp(st)))
+        rows.sort()
+        self.classes = sorted({lab for _, lab, _ in rows if lab})
+        index = {c: i for i, c in enumerate(self.classes)}
+        self.items = [Item(k, index.get(lab, -1), s) for k, lab, s in rows]
+        self.problems = problems
+
+    def read(self, item: Item) -> bytes:
+        with open(self.base / item.key, "rb") as fh:
+            return fh.read()
+
+
+def open_source(spec: str | os.PathLike) -> Source:
+    """Open a data source from its command-line spelling.
+
+    ``sample`` (the built-in sample), a directory, ``archive.tar[:prefix]`` or ``file.csv``.
+    """
+    text = os.fspath(spec)
+    if text == "sample":
+        from .sample import SampleSource
+
+        return SampleSource()
+    m = _TAR_RE.match(text)
+    if m:
+        return TarSource(m.group("path"), m.group("prefix") or "")
+    if re.search(r"\.(tar\.gz|tgz|tar\.bz2|tar\.xz|zip)(:|$)", text):
+        raise SourceError(f"{text}: compressed archives are not read in place; use an uncompressed .tar or a folder")
+    if text.lower().endswith(".csv"):
+        return CsvSource(text)
+    if os.path.isdir(text):
+        return ImageFolderSource(text)
+    raise SourceError(f"{text}: no such directory, tar archive or CSV manifest")

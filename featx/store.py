@@ -1,0 +1,305 @@
+"""The HDF5 embedding store, and the journal that makes writing it crash-safe.
+
+A store is one HDF5 file, always written whole to a temporary name and renamed into
+place, so a reader never sees a half-written store. Work in progress goes to a journal
+folder beside it (``<store>.journal/``): each committed batch group is an ``.npz`` file,
+itself written to a temporary name, fsynced and renamed. A killed run loses at most the
+batches after its last commit; the next run reads the journal and embeds only the rest.
+
+Layout of a store::
+
+    keys, stamps, sha256, labels      one row per embedded image, in source order
+    classes                           class names; labels index into them (-1: none)
+    features/<name>                   float32 (rows, dim); "embedding" is the default
+    skipped/{keys,stamps,reasons}     files that were not embedded, and why
+    attrs: provenance (JSON), manifest (digest of the source listing), format
+"""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from .backbones import DEFAULT_LAYER
+from .errors import StoreError
+
+FORMAT = 1
+SUFFIX = ".h5"
+
+
+# --- strings in HDF5: fixed-length UTF-8 bytes, converted without per-row Python ----------
+
+
+def _encode(strings) -> np.ndarray:
+    arr = np.asarray(list(strings), dtype=object)
+    if arr.size == 0:
+        return np.zeros(0, dtype="S1")
+    return np.char.encode(arr.astype(str), "utf-8", "surrogateescape")
+
+
+def _decode(arr: np.ndarray) -> np.ndarray:
+    if arr.size == 0:
+        return np.zeros(0, dtype=str)
+    return np.char.decode(arr, "utf-8", "surrogateescape")
+
+
+@dataclass
+class Rows:
+    """Embedded rows (and skipped files) held in memory: what a batch group or store holds."""
+
+    keys: np.ndarray  # str
+    stamps: np.ndarray  # str
+    sha256: np.ndarray  # str
+    features: dict[str, np.ndarray]
+    skipped_keys: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    skipped_stamps: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+    skipped_reasons: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=str))
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    @staticmethod
+    def concat(parts: list["Rows"], names: list[str], dims: dict[str, int]) -> "Rows":
+        def cat(attr):
+            arrays = [np.asarray(getattr(p, attr), dtype=str) for p in parts]
+            return np.concatenate(arrays) if arrays else np.zeros(0, dtype=str)
+
+        feats = {
+            n: (np.concatenate([p.features[n] for p in parts]) if parts else np.zeros((0, dims[n]), np.float32))
+            for n in names
+        }
+        return Rows(cat("keys"), cat("stamps"), cat("sha256"), feats,
+                    cat("skipped_keys"), cat("skipped_stamps"), cat("skipped_reasons"))
+
+
+# --- atomic files ---------------------------------------------------------------------------
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_path(path: Path):
+    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over it."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class Journal:
+    """Committed batch groups of an unfinished extraction, one ``.npz`` file each."""
+
+    def __init__(self, store_path: Path):
+        self.dir = store_path.with_name(store_path.name + ".journal")
+
+    def chunks(self) -> list[Path]:
+        return sorted(self.dir.glob("*.npz")) if self.dir.is_dir() else []
+
+    def commit(self, rows: Rows) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        existing = self.chunks()
+        seq = int(existing[-1].stem) + 1 if existing else 0
+        arrays = {
+            "keys": rows.keys, "stamps": rows.stamps, "sha256": rows.sha256,
+            "skipped_keys": rows.skipped_keys, "skipped_stamps": rows.skipped_stamps,
+            "skipped_reasons": rows.skipped_reasons,
+        }
+        arrays.update({f"features/{n}": f for n, f in rows.features.items()})
+        with atomic_path(self.dir / f"{seq:08d}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+
+    def read(self) -> list[Rows]:
+        parts = []
+        for chunk in self.chunks():
+            try:
+                with np.load(chunk, allow_pickle=False) as z:
+                    feats = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("features/")}
+                    parts.append(Rows(z["keys"], z["stamps"], z["sha256"], feats,
+                                      z["skipped_keys"], z["skipped_stamps"], z["skipped_reasons"]))
+            except Exception:  # a chunk that cannot be read is recomputed, not trusted
+                continue
+        return parts
+
+    def clear(self) -> None:
+        if self.dir.is_dir():
+            for p in self.dir.iterdir():
+                p.unlink()
+            self.dir.rmdir()
+
+
+@contextmanager
+def write_lock(store_path: Path):
+    """One writer per store: a second process fails at once with a clear message."""
+    lock_path = store_path.with_name(store_path.name + ".lock")
+    fh = open(lock_path, "a+")
+    try:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StoreError(f"{store_path}: another featx process is writing this store; wait for it to finish") from None
+        yield
+    finally:
+        fh.close()
+
+
+# --- whole stores ---------------------------------------------------------------------------
+
+
+def store_path_for(cache_dir: str | os.PathLike, source_name: str, backbone_name: str, key: str) -> Path:
+    slug = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "x"  # noqa: E731
+    return Path(cache_dir) / f"{slug(source_name)}__{slug(backbone_name)}__{key[:12]}{SUFFIX}"
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest()
+
+
+def write_store(path: Path, rows: Rows, labels: np.ndarray, classes: list[str], provenance: dict, manifest: str) -> None:
+    """Write a complete store atomically (temporary file, fsync, rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["format"] = FORMAT
+            f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+            f.attrs["manifest"] = manifest
+            f["keys"] = _encode(rows.keys)
+            f["stamps"] = _encode(rows.stamps)
+            f["sha256"] = _encode(rows.sha256)
+            f["labels"] = np.asarray(labels, dtype=np.int64)
+            f["classes"] = _encode(classes)
+            for name, x in rows.features.items():
+                x = np.ascontiguousarray(x, dtype=np.float32)
+                ds = f.create_dataset(f"features/{name}", data=x, chunks=(max(1, min(len(x), 4096)), x.shape[1]))
+                ds.attrs["sha256"] = hashlib.sha256(x.tobytes()).hexdigest()
+            f["skipped/keys"] = _encode(rows.skipped_keys)
+            f["skipped/stamps"] = _encode(rows.skipped_stamps)
+            f["skipped/reasons"] = _encode(rows.skipped_reasons)
+
+
+@contextmanager
+def _open(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such store")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise StoreError(f"{path}: not a readable HDF5 store ({exc})") from None
+    try:
+        if f.attrs.get("format") != FORMAT:
+            raise StoreError(f"{path}: not a featx store (format {f.attrs.get('format')!r})")
+        yield f
+    except KeyError as exc:
+        raise StoreError(f"{path}: store is missing {exc}") from None
+    finally:
+        f.close()
+
+
+def read_rows(path: str | os.PathLike) -> tuple[Rows, np.ndarray, list[str], dict, str]:
+    """Everything in a store: (rows, labels, classes, provenance, manifest)."""
+    with _open(path) as f:
+        feats = {name: f["features"][name][()] for name in f["features"]}
+        rows = Rows(
+            _decode(f["keys"][()]), _decode(f["stamps"][()]), _decode(f["sha256"][()]), feats,
+            _decode(f["skipped/keys"][()]), _decode(f["skipped/stamps"][()]), _decode(f["skipped/reasons"][()]),
+        )
+        return rows, f["labels"][()], list(_decode(f["classes"][()])), json.loads(f.attrs["provenance"]), str(f.attrs["manifest"])
+
+
+def load(path: str | os.PathLike, layer: str = DEFAULT_LAYER) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[str]]:
+    """``(X, y, keys, classes)`` of a store: float32 features, int64 labels, str keys."""
+    with _open(path) as f:
+        if layer not in f["features"]:
+            raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(f['features'])})")
+        return f["features"][layer][()], f["labels"][()], _decode(f["keys"][()]), list(_decode(f["classes"][()]))
+
+
+def info(path: str | os.PathLike) -> dict:
+    """Provenance, sizes and the skipped files of a store, without loading features."""
+    with _open(path) as f:
+        return {
+            "path": str(path),
+            "rows": int(f["keys"].shape[0]),
+            "classes": list(_decode(f["classes"][()])),
+            "features": {n: list(f["features"][n].shape) for n in f["features"]},
+            "skipped": [
+                {"key": k, "reason": r}
+                for k, r in zip(_decode(f["skipped/keys"][()]), _decode(f["skipped/reasons"][()]))
+            ],
+            "provenance": json.loads(f.attrs["provenance"]),
+            "bytes": Path(path).stat().st_size,
+        }
+
+
+def verify(path: str | os.PathLike) -> list[str]:
+    """Problems found in a store (an empty list means it is sound)."""
+    problems = []
+    try:
+        with _open(path) as f:
+            n = f["keys"].shape[0]
+            for name in ("stamps", "sha256", "labels"):
+                if f[name].shape[0] != n:
+                    problems.append(f"{name} has {f[name].shape[0]} rows, keys has {n}")
+            n_classes = f["classes"].shape[0]
+            labels = f["labels"][()]
+            if labels.size and (labels.min() < -1 or labels.max() >= n_classes):
+                problems.append("labels point outside the class list")
+            for name in f["features"]:
+                ds = f["features"][name]
+                x = ds[()]
+                if x.shape[0] != n:
+                    problems.append(f"features/{name} has {x.shape[0]} rows, keys has {n}")
+                if hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() != ds.attrs.get("sha256"):
+                    problems.append(f"features/{name} does not match its recorded checksum")
+                if not np.isfinite(x).all():
+                    problems.append(f"features/{name} holds NaN or infinite values")
+    except StoreError as exc:
+        problems.append(str(exc))
+    except OSError as exc:  # damage that h5py finds only when reading data
+        problems.append(f"{path}: unreadable ({exc})")
+    return problems
+
+
+def list_stores(cache_dir: str | os.PathLike) -> list[Path]:
+    cache_dir = Path(cache_dir)
+    return sorted(cache_dir.glob(f"*{SUFFIX}")) if cache_dir.is_dir() else []
+
+
+def resolve(cache_dir: str | os.PathLike, name: str) -> Path:
+    """A store given by path, or by file name (or unique prefix) in the cache folder."""
+    p = Path(name)
+    if p.is_file():
+        return p
+    matches = [s for s in list_stores(cache_dir) if s.name.startswith(name)]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise StoreError(f"{name}: no such store (in {cache_dir} or as a path)")
+    raise StoreError(f"{name}: matches {len(matches)} stores in {cache_dir}; give more of the name")
+
+
+def remove(path: Path) -> None:
+    """Delete a store with its journal and lock file."""
+    Journal(path).clear()
+    path.with_name(path.name + ".lock").unlink(missing_ok=True)
+    path.unlink(missing_ok=True)

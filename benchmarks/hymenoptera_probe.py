@@ -27,12 +27,13 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--cache", default="cache")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     p.add_argument("--tar", default=str(DATASETS / "hymenoptera.tar"))
     args = p.parse_args()
 
     runs = {}
     for split in ("train", "val"):
-        r = extract(f"{args.tar}:hymenoptera/{split}", args.backbone, args.cache)
+        r = extract(f"{args.tar}:hymenoptera/{split}", args.backbone, args.cache, precision=args.precision)
         runs[split] = r
     Xtr, ytr, _, classes = load(runs["train"].path)
     Xva, yva, _, classes_va = load(runs["val"].path)
@@ -54,7 +55,9 @@ def main() -> None:
         "chosen_C": float(clf[-1].C_[0]),
         "val_accuracy": float((clf.predict(Xva) == yva).mean()),
         "fit_seconds": round(fit_seconds, 2),
-        "extract_images_per_second": {s: round(r.images_per_second, 1) for s, r in runs.items()},
+        # Images embedded by this run and their rate (0 and null when the stores were cached).
+        "extract": {s: {"embedded": r.embedded, "images_per_second": round(r.images_per_second, 1) if r.embedded else None}
+                    for s, r in runs.items()},
     }, indent=2))
 
 

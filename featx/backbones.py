@@ -19,6 +19,7 @@ import os
 import re
 import socket
 import urllib.request
+from unittest import mock
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
@@ -74,6 +75,7 @@ class Backbone:
 
     def __post_init__(self):
         self.model.eval().requires_grad_(False)
+        self.layers = tuple(dict.fromkeys(self.layers))  # each named once
         modules = dict(self.model.named_modules())
         for layer in self.layers:
             if layer == DEFAULT_LAYER or layer not in modules:
@@ -85,8 +87,11 @@ class Backbone:
             modules[layer].register_forward_hook(self._hook(layer))
         if not self.dims:
             size = self.preprocessing.image_size
-            with torch.inference_mode():
-                out = self.embed(torch.zeros(1, 3, size, size))
+            try:
+                with torch.inference_mode():
+                    out = self.embed(torch.zeros(1, 3, size, size))
+            except Exception as exc:  # e.g. a ViT built for another resolution
+                raise BackboneError(f"{self.name}: cannot run at {size} px ({_first_line(exc)})") from None
             self.dims = {k: int(v.shape[1]) for k, v in out.items()}
 
     def _hook(self, layer: str):
@@ -168,7 +173,7 @@ def _first_line(exc: BaseException) -> str:
 def _fit_state_dict(model: nn.Module, sd: dict, origin: str, classifier: str, positional: bool = False):
     """Load ``sd`` into ``model``; a classifier of another size is left out, nothing else may differ."""
     own = model.state_dict()
-    if positional and list(sd) != list(own):
+    if positional and set(sd) != set(own):  # other names: match tensors by position
         if len(sd) != len(own) or any(a.shape != b.shape for a, b in zip(sd.values(), own.values())):
             raise BackboneError(f"{origin}: its tensors do not line up with {type(model).__name__}")
         sd = dict(zip(own, sd.values()))
@@ -316,6 +321,7 @@ def _timm(name: str, weights: str | None) -> tuple[nn.Module, str, str]:
 
 def _torchvision(name: str, weights: str | None) -> tuple[nn.Module, str, str, Preprocessing]:
     import torchvision
+    from torchvision.models import _api as tv_api
     from torchvision.transforms import InterpolationMode
 
     arch, _, enum_name = name.partition(":")
@@ -328,21 +334,40 @@ def _torchvision(name: str, weights: str | None) -> tuple[nn.Module, str, str, P
         raise BackboneError(
             f"torchvision:{name}: no weights named {enum_name!r}; choose from {', '.join(enum.__members__)}"
         ) from None
-    model = torchvision.models.get_model(arch, weights=None)
-    head_name, head = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1]
     if weights:
         path, origin = Path(weights), str(weights)
     else:
         path = _fetch_url(tv_weights.url, f"torchvision:{arch}")
         origin = f"torchvision {tv_weights}"
-    _fit_state_dict(model, load_state_dict_file(path), origin, head_name)
-    parent, _, attr = head_name.rpartition(".")
+    sd = load_state_dict_file(path)
+    try:
+        # torchvision's builder applies what these weights need (googlenet's transform_input,
+        # a SWAG ViT's image size...); it is handed the state dict read safely above in
+        # place of its own torch.load, which does not use weights_only.
+        with mock.patch.object(tv_api, "load_state_dict_from_url", lambda *a, **k: sd):
+            model = torchvision.models.get_model(arch, weights=tv_weights)
+    except RuntimeError:
+        if not weights:
+            raise
+        # A local file with another head (a fine-tuned network): the plain architecture.
+        model = torchvision.models.get_model(arch, weights=None)
+        _fit_state_dict(model, sd, origin, _last_linear(model))
+    head = _last_linear(model)
+    parent, _, attr = head.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
     t = tv_weights.transforms()
     crop, resize = t.crop_size[0], t.resize_size[0]
     interp = t.interpolation.value if isinstance(t.interpolation, InterpolationMode) else "bilinear"
     pre = Preprocessing(crop, crop / resize, interp, tuple(t.mean), tuple(t.std))
     return model, origin, sha256_file(path), pre
+
+
+def _last_linear(model: nn.Module) -> str:
+    """The classifier of a torchvision network: its last Linear layer."""
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not names:
+        raise BackboneError(f"{type(model).__name__}: has no Linear classifier to take the features before")
+    return names[-1]
 
 
 def load_backbone(

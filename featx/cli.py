@@ -20,6 +20,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="featx", description="Frozen pretrained features for image collections.")
     p.add_argument("--version", action="version", version=f"featx {__version__}")
@@ -37,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=_positive, default=64, metavar="N")
     e.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    e.add_argument("--workers", type=int, metavar="N", help="decoding processes (default: one per core, at most 8)")
+    e.add_argument("--workers", type=_non_negative, metavar="N", help="decoding processes (default: one per core, at most 8)")
 
     c = sub.add_parser("cache", help="inspect and manage the embedding stores")
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")

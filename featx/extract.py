@@ -59,11 +59,13 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    """``auto``: bfloat16 where the hardware runs it natively, else fp16 (CUDA) or fp32."""
+    """``auto``: bfloat16 where the hardware runs it natively (not emulated), else fp16
+    on CUDA and fp32 on the CPU."""
     if precision == "auto":
         if device.type == "cuda":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "fp32"
+            return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
+        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return "bf16" if native else "fp32"
     if precision not in PRECISIONS:
         raise FeatxError(f"--precision {precision}: choose auto, fp32, bf16 or fp16")
     return precision
@@ -147,27 +149,26 @@ def extract(
         raise FeatxError(f"--batch-size {batch_size}: must be at least 1")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    path = store_path_for(cache_dir, source.name, backbone.name, store_key(source, backbone, prec))
+    path = store_path_for(cache_dir, source.name, backbone.architecture, store_key(source, backbone, prec))
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(source)
 
     with write_lock(path):
+        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a run killed mid-write
+            stale.unlink(missing_ok=True)
         journal = Journal(path)
         if not journal.chunks() and store.manifest(path) == manifest:  # nothing changed
             done = store.info(path)
             return ExtractResult(path, done["rows"], 0, done["rows"], len(done["skipped"]), 0.0, prec, dev.type)
-        pool = []
+        parts = []
         if path.exists():
             try:
-                pool.append(read_rows(path)[0])
+                parts.append(read_rows(path)[0])
             except StoreError:
                 pass  # unreadable: rebuilt below and replaced atomically
-        pool += journal.read()
-
         names = ["embedding", *backbone.layers]
-        done = {(k, s) for p in pool for k, s in zip(p.keys.tolist(), p.stamps.tolist())}
-        done |= {(k, s) for p in pool for k, s in zip(p.skipped_keys.tolist(), p.skipped_stamps.tolist()) if s}
-        todo = [it for it in source.items if (it.key, it.stamp) not in done]
+        pool = Rows.concat(parts + journal.read(), names, backbone.dims)
+        todo = _plan(source, pool)
 
         start = time.perf_counter()
         new_parts = _embed(source, todo, backbone, journal, dev, prec, batch_size,
@@ -175,7 +176,7 @@ def extract(
                            commit_rows, commit_seconds, progress)
         seconds = time.perf_counter() - start
 
-        rows, labels = _assemble(source, pool + new_parts, names, backbone.dims)
+        rows, labels, transient = _assemble(source, [pool, *new_parts], names, backbone.dims)
         provenance = {
             "featx": __version__,
             "torch": torch.__version__,
@@ -187,7 +188,9 @@ def extract(
             "source": source.spec,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-        write_store(path, rows, labels, source.classes, provenance, manifest)
+        # Files that could not be read this time are retried by the next run, so the
+        # store does not claim to match the listing while any remain.
+        write_store(path, rows, labels, source.classes, provenance, "" if transient else manifest)
         journal.clear()
     embedded = sum(len(p) for p in new_parts)
     return ExtractResult(path, len(rows), embedded, len(rows) - embedded, len(rows.skipped_keys), seconds, prec, dev.type)
@@ -242,7 +245,8 @@ def _embed(source, todo, backbone, journal, dev, prec, batch_size, workers, comm
                     sha256=np.array([s[3] for s in ok], dtype=str),
                     features=feats,
                     skipped_keys=np.array([todo[i].key for i, *_ in failed], dtype=str),
-                    skipped_stamps=np.array([todo[i].stamp for i, *_ in failed], dtype=str),
+                    # a read failure (no bytes, no hash) may be transient: no stamp, retried
+                    skipped_stamps=np.array([todo[i].stamp if sha else "" for i, _, _, sha in failed], dtype=str),
                     skipped_reasons=np.array([s[2] for s in failed], dtype=str),
                 ))
                 bar.update(len(ok) + len(failed))
@@ -254,21 +258,56 @@ def _embed(source, todo, backbone, journal, dev, prec, batch_size, workers, comm
     return parts
 
 
-def _assemble(source: Source, parts: list[Rows], names: list[str], dims: dict[str, int]) -> tuple[Rows, np.ndarray]:
-    """Rows for the source's current items, in source order, from old and new parts."""
+def _plan(source: Source, pool: Rows) -> list[Item]:
+    """The items still to embed, in source order.
+
+    An item is done when the pool holds its key with its current stamp, as a row or as a
+    file that failed to decode. When only the stamp differs (a touched file, a rewritten
+    tar), the file is hashed: if its bytes still match the row's SHA-256 the row is kept
+    and re-stamped in ``pool``.
+    """
+    keys, stamps = pool.keys.tolist(), pool.stamps.tolist()
+    done = set(zip(keys, stamps))
+    done |= {(k, s) for k, s in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist()) if s}
+    row_of = {k: i for i, k in enumerate(keys)}
+    todo, restamped = [], False
+    for it in source.items:
+        if (it.key, it.stamp) in done:
+            continue
+        i = row_of.get(it.key)
+        if i is not None:
+            try:
+                same = hashlib.sha256(source.read(it)).hexdigest() == pool.sha256[i]
+            except OSError:
+                same = False
+            if same:
+                stamps[i], restamped = it.stamp, True
+                continue
+        todo.append(it)
+    if restamped:
+        pool.stamps = np.array(stamps, dtype=str)
+    return todo
+
+
+def _assemble(source: Source, parts: list[Rows], names: list[str], dims: dict[str, int]) -> tuple[Rows, np.ndarray, int]:
+    """Rows for the source's current items, in source order, from old and new parts, and
+    how many files failed to be read (rather than decoded) this time."""
     pool = Rows.concat(parts, names, dims)
     row_of = {ks: i for i, ks in enumerate(zip(pool.keys.tolist(), pool.stamps.tolist()))}
     reason_of = dict(zip(zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist()), pool.skipped_reasons.tolist()))
-    sel, labels, skipped = [], [], [(k, "", r) for k, r in source.problems]
+    sel, labels, skipped, transient = [], [], [(k, "", r) for k, r in source.problems], 0
     for it in source.items:
         i = row_of.get((it.key, it.stamp))
         if i is not None:
             sel.append(i)
             labels.append(it.label)
-        elif (it.key, it.stamp) in reason_of:
+        elif (it.key, it.stamp) in reason_of:  # failed to decode: final for this content
             skipped.append((it.key, it.stamp, reason_of[(it.key, it.stamp)]))
+        elif (it.key, "") in reason_of:  # failed to read: retried next run
+            skipped.append((it.key, "", reason_of[(it.key, "")]))
+            transient += 1
     sel = np.asarray(sel, dtype=np.int64)
     sk = np.array(skipped, dtype=str).reshape(-1, 3)
     rows = Rows(pool.keys[sel], pool.stamps[sel], pool.sha256[sel], {n: pool.features[n][sel] for n in names},
                 sk[:, 0], sk[:, 1], sk[:, 2])
-    return rows, np.asarray(labels, dtype=np.int64)
+    return rows, np.asarray(labels, dtype=np.int64), transient

@@ -13,6 +13,8 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
+from .errors import FeatxError
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -38,7 +40,7 @@ class Preprocessing:
         if image_size is None or image_size == self.image_size:
             return self
         if image_size < 8:
-            raise ValueError(f"image size {image_size} is too small (at least 8 pixels)")
+            raise FeatxError(f"--image-size {image_size}: too small (at least 8 pixels)")
         return replace(self, image_size=int(image_size))
 
     def to_dict(self) -> dict:

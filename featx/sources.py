@@ -116,10 +116,15 @@ class TarSource(Source):
         self._offsets: dict[str, tuple[int, int]] = {}
         entries, problems = [], []
         base = f"{prefix}/" if prefix else ""
+        # Member mtimes have one-second resolution and archives are often built with a
+        # fixed one, so the archive's own size and mtime are part of every stamp; when the
+        # archive is rewritten, unchanged members are recognised by their content hash.
+        archive = os.stat(path)
+        tar_stamp = f"{archive.st_size}:{archive.st_mtime_ns}"
         try:
             with tarfile.open(path, mode="r:") as tar:
                 for m in tar:
-                    name = m.name
+                    name = m.name.removeprefix("./")
                     if base and not name.startswith(base):
                         continue
                     rel = name[len(base):]
@@ -138,7 +143,7 @@ class TarSource(Source):
                         problems.append((rel, f"not an image file extension ({PurePosixPath(rel).suffix or 'none'})"))
                         continue
                     self._offsets[rel] = (m.offset_data, m.size)
-                    entries.append((rel, f"{m.size}:{int(m.mtime)}"))
+                    entries.append((rel, f"{m.size}:{int(m.mtime)}:{tar_stamp}"))
         except tarfile.ReadError as exc:
             raise SourceError(f"{path}: not a readable uncompressed tar archive ({exc})") from None
         if not entries and not problems:
@@ -179,7 +184,8 @@ class CsvSource(Source):
             raise SourceError(f"{path}: manifest needs a 'path' column (found {columns or 'no header'})")
         rows, problems, seen = [], [], set()
         for lineno, row in enumerate(reader, start=2):
-            row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+            # csv puts surplus fields under the key None (as a list) and missing ones as None.
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if isinstance(k, str)}
             key = PurePosixPath(row.get("path", "").replace("\\", "/")).as_posix()
             if not row.get("path"):
                 problems.append((f"{path.name}:{lineno}", "blank path"))

@@ -196,7 +196,8 @@ def write_store(path: Path, rows: Rows, labels: np.ndarray, classes: list[str], 
             f["classes"] = _encode(classes)
             for name, x in rows.features.items():
                 x = np.ascontiguousarray(x, dtype=np.float32)
-                ds = f.create_dataset(f"features/{name}", data=x, chunks=(max(1, min(len(x), 4096)), x.shape[1]))
+                chunks = (min(len(x), 4096), x.shape[1]) if len(x) else None
+                ds = f.create_dataset(f"features/{name}", data=x, chunks=chunks)
                 ds.attrs["sha256"] = hashlib.sha256(x.tobytes()).hexdigest()
             f["skipped/keys"] = _encode(rows.skipped_keys)
             f["skipped/stamps"] = _encode(rows.skipped_stamps)
@@ -315,7 +316,8 @@ def resolve(cache_dir: str | os.PathLike, name: str) -> Path:
 
 
 def remove(path: Path) -> None:
-    """Delete a store with its journal and lock file."""
-    Journal(path).clear()
-    path.with_name(path.name + ".lock").unlink(missing_ok=True)
-    path.unlink(missing_ok=True)
+    """Delete a store with its journal and lock file; refused while a run is writing it."""
+    with write_lock(path):
+        Journal(path).clear()
+        path.unlink(missing_ok=True)
+        path.with_name(path.name + ".lock").unlink(missing_ok=True)

@@ -166,3 +166,42 @@ def test_torchvision_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch
     torch.save(torchvision.models.resnet18().state_dict(), cached)
     bb = load_backbone("torchvision:resnet18:IMAGENET1K_V1")
     assert bb.weights_sha256 == _sha(cached) and "IMAGENET1K_V1" in bb.weights
+
+
+def test_torchvision_builder_settings_follow_the_weights(tmp_path, monkeypatch):
+    """googlenet's ImageNet weights expect transform_input=True, which torchvision sets
+    only when built with those weights; featx builds it the same way."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    weights = torchvision.models.GoogLeNet_Weights.IMAGENET1K_V1
+    ref = torchvision.models.googlenet(weights=None, aux_logits=True, transform_input=True, init_weights=True)
+    cached = tmp_path / "hub" / "checkpoints" / os.path.basename(weights.url)
+    cached.parent.mkdir(parents=True)
+    torch.save(ref.state_dict(), cached)
+    bb = load_backbone("torchvision:googlenet")
+    assert bb.model.transform_input is True and bb.embed_dim == 1024
+    ref.aux_logits, ref.aux1, ref.aux2, ref.fc = False, None, None, torch.nn.Identity()
+    ref.eval()
+    x = torch.randn(2, 3, 96, 96)
+    with torch.inference_mode():
+        assert torch.allclose(bb.embed(x)["embedding"], ref(x), atol=1e-5)
+
+
+def test_builtin_accepts_a_timm_checkpoint_in_any_key_order(tmp_path):
+    from safetensors.torch import save_file
+
+    net = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    save_file(dict(sorted(net.state_dict().items())), tmp_path / "lite0.safetensors")  # keys sorted
+    bb = load_backbone("efficientnet_lite0", weights=tmp_path / "lite0.safetensors", image_size=64)
+    net.eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.inference_mode():
+        assert torch.allclose(bb.embed(x)["embedding"], net.forward_head(net.forward_features(x), pre_logits=True))
+
+
+def test_size_and_layer_mistakes_are_clear():
+    from featx.errors import FeatxError
+
+    with pytest.raises(FeatxError, match="--image-size 4: too small"):
+        load_backbone("efficientnet_lite0", image_size=4)
+    bb = load_backbone("efficientnet_lite0", layers=["blocks.3", "blocks.3"], image_size=64)
+    assert bb.layers == ("blocks.3",)

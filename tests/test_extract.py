@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from featx.extract import extract
-from featx.store import Journal, info, load, read_rows
+from featx.store import Journal, info, load, read_rows, remove
 
 from imagegen import jpeg_bytes, make_folder, photo
 
@@ -103,8 +103,10 @@ def test_modes_embed_and_broken_files_are_recorded(tmp_path, lite0_small):
     assert set(skipped) == {"x/truncated.jpg", "x/text.jpg", "x/empty.jpg"}
     assert skipped["x/empty.jpg"] == "empty file"
     assert "not a recognised image format" in skipped["x/text.jpg"]
-    # A rerun does not retry files that failed and did not change.
-    assert extract(tmp_path / "data", lite0_small, tmp_path / "cache").embedded == 0
+    # A rerun after one new image embeds that image only: failed files are not retried.
+    (d / "new.jpg").write_bytes(jpeg_bytes(photo(12)))
+    again = extract(tmp_path / "data", lite0_small, tmp_path / "cache", batch_size=4)
+    assert (again.embedded, again.skipped) == (1, 3)
 
 
 def test_layers_are_stored_under_their_names(tmp_path):
@@ -151,8 +153,7 @@ def test_sigkilled_extraction_resumes_to_an_identical_store(hymenoptera, tmp_pat
     committed = sum(len(p) for p in Journal(cache / store_name).read())
 
     resumed = extract(data, "efficientnet_lite0", cache, image_size=96, batch_size=8, commit_rows=8, workers=1)
-    assert resumed.reused >= committed > 0
-    assert resumed.embedded == 153 - resumed.reused
+    assert (resumed.reused, resumed.embedded) == (committed, 153 - committed) and committed >= 24
     assert not Journal(resumed.path).dir.exists()
 
     clean = extract(data, "efficientnet_lite0", tmp_path / "clean", image_size=96, batch_size=8, workers=1)
@@ -188,7 +189,95 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path, li
         assert holder.stdout.readline().strip() == "locked"
         with pytest.raises(StoreError, match="another featx process is writing this store"):
             extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)
+        with pytest.raises(StoreError, match="another featx process is writing this store"):
+            remove(path)  # cache rm waits its turn too
+        assert path.exists()
     finally:
         holder.kill()
         holder.wait()
     assert extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0).embedded == 1
+
+
+def test_a_store_with_a_leftover_journal_and_temp_file_is_finished_without_model_work(tmp_path, lite0_small):
+    """The windows between renaming the store into place and clearing the journal, and
+    between creating the temporary store and renaming it."""
+    data = make_folder(tmp_path / "data", {"a": 3})
+    first = extract(data, lite0_small, tmp_path / "cache", workers=0)
+    rows = read_rows(first.path)[0]
+    Journal(first.path).commit(rows)  # as if killed right after the rename
+    stale = first.path.with_name(f".{first.path.name}.tmp-99999")
+    stale.write_bytes(b"half a store")
+    before = read_rows(first.path)
+    counter = ForwardCounter(lite0_small)
+    try:
+        again = extract(data, lite0_small, tmp_path / "cache", workers=0)
+    finally:
+        counter.handle.remove()
+    assert (counter.calls, again.embedded, again.rows) == (0, 0, 3)
+    assert not Journal(first.path).dir.exists() and not stale.exists()
+    after = read_rows(first.path)
+    assert list(after[0].keys) == list(before[0].keys)
+    assert np.array_equal(after[0].features["embedding"], before[0].features["embedding"])
+
+
+def test_a_touched_file_is_recognised_by_its_content(tmp_path, lite0_small):
+    data = make_folder(tmp_path / "data", {"a": 2})
+    extract(data, lite0_small, tmp_path / "cache", workers=0)
+    os.utime(data / "a" / "00.jpg", ns=(1, 1))  # new mtime, same bytes
+    assert extract(data, lite0_small, tmp_path / "cache", workers=0).embedded == 0
+    r = extract(data, lite0_small, tmp_path / "cache", workers=0)  # re-stamped: a plain cache hit
+    assert (r.embedded, r.seconds) == (0, 0.0)
+
+
+def test_a_rewritten_tar_reembeds_only_members_whose_bytes_changed(tmp_path, lite0_small):
+    """Same sizes and a fixed member mtime (as reproducible builds write): only the
+    archive's own stamp and the content hashes can tell what changed."""
+    import io
+    import tarfile
+
+    def build(seeds):
+        with tarfile.open(tmp_path / "d.tar", "w") as tar:
+            for i, seed in enumerate(seeds):
+                buf = io.BytesIO()
+                photo(seed, size=(40, 40)).save(buf, format="BMP")  # fixed size for any pixels
+                info = tarfile.TarInfo(f"./top/c{i % 2}/{i}.bmp")
+                info.size, info.mtime = len(buf.getvalue()), 0
+                tar.addfile(info, io.BytesIO(buf.getvalue()))
+
+    build([1, 2, 3, 4])
+    first = extract(f"{tmp_path / 'd.tar'}:top", lite0_small, tmp_path / "cache", workers=0)
+    X0, _, keys, classes = load(first.path)
+    assert classes == ["c0", "c1"] and list(keys) == ["c0/0.bmp", "c0/2.bmp", "c1/1.bmp", "c1/3.bmp"]
+    build([1, 2, 30, 4])
+    second = extract(f"{tmp_path / 'd.tar'}:top", lite0_small, tmp_path / "cache", workers=0)
+    X1, *_ = load(second.path)
+    assert second.embedded == 1
+    assert np.array_equal(X1[[0, 2, 3]], X0[[0, 2, 3]]) and not np.allclose(X1[1], X0[1])  # c0/2.bmp changed
+
+
+def test_a_file_that_could_not_be_read_is_retried(tmp_path, lite0_small):
+    from featx.sources import ImageFolderSource
+
+    class FlakyOnce(ImageFolderSource):
+        failed = False
+
+        def read(self, item):
+            if item.key == "a/01.jpg" and not FlakyOnce.failed:
+                FlakyOnce.failed = True
+                raise OSError(5, "Input/output error")
+            return super().read(item)
+
+    data = make_folder(tmp_path / "data", {"a": 3})
+    first = extract(FlakyOnce(data), lite0_small, tmp_path / "cache", workers=0)
+    assert (first.rows, first.skipped) == (2, 1)
+    assert info(first.path)["skipped"] == [{"key": "a/01.jpg", "reason": "cannot read: Input/output error"}]
+    second = extract(FlakyOnce(data), lite0_small, tmp_path / "cache", workers=0)
+    assert (second.embedded, second.rows, second.skipped) == (1, 3, 0)
+
+
+def test_a_source_where_nothing_decodes_gives_an_empty_store(tmp_path, lite0_small):
+    (tmp_path / "data" / "a").mkdir(parents=True)
+    (tmp_path / "data" / "a" / "x.jpg").write_text("not a picture")
+    r = extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)
+    X, y, keys, classes = load(r.path)
+    assert X.shape == (0, 1280) and (r.rows, r.skipped) == (0, 1)

@@ -20,14 +20,29 @@ def test_every_mode_becomes_rgb():
     cases = {
         "gray": _png(base.convert("L")),
         "rgba": _png(base.convert("RGBA")),
-        "palette+transparency": _png(base.convert("P"), transparency=0),
         "cmyk": jpeg_bytes(base.convert("CMYK")),
         "gray16": _png(Image.fromarray((np.asarray(base.convert("L"), dtype=np.uint16) * 257))),
     }
+    want = np.asarray(base, dtype=float)
+    gray = np.asarray(base.convert("L"), dtype=float)[..., None]
+    expected = {"gray": gray, "rgba": want, "cmyk": want, "gray16": gray}
+    tolerance = {"gray": 0, "rgba": 0, "cmyk": 6, "gray16": 0.5}
     for name, data in cases.items():
         im = decode_rgb(data)
-        assert im.mode == "RGB", name
-        assert im.size == base.size, name
+        assert im.mode == "RGB" and im.size == base.size, name
+        error = np.abs(np.asarray(im, dtype=float) - expected[name]).mean()
+        assert error <= tolerance[name], (name, error)
+
+
+def test_palette_with_transparency():
+    base = photo(1)
+    pal = base.convert("P")
+    index = int(np.bincount(np.asarray(pal).ravel()).argmax())  # a palette entry in use
+    out = np.asarray(decode_rgb(_png(pal, transparency=index)), dtype=float)
+    clear = np.asarray(pal) == index
+    assert 0 < clear.sum() < clear.size
+    assert (out[clear] == 255).all()  # transparent pixels: the white background
+    assert (out[~clear] == np.asarray(pal.convert("RGB"), dtype=float)[~clear]).all()  # the palette's colours
 
 
 def test_sixteen_bit_range_is_scaled_not_clipped():

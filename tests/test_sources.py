@@ -111,3 +111,10 @@ def test_csv_without_path_column(tmp_path):
     (tmp_path / "m.csv").write_text("file,class\na.jpg,x\n")
     with pytest.raises(SourceError, match=r"m.csv: manifest needs a 'path' column"):
         open_source(tmp_path / "m.csv")
+
+
+def test_csv_rows_with_surplus_or_missing_fields(tmp_path):
+    make_folder(tmp_path, {"x": 2})
+    (tmp_path / "m.csv").write_text("path,label\nx/00.jpg,cat,extra\nx/01.jpg\n")
+    src = open_source(tmp_path / "m.csv")
+    assert [(it.key, it.label) for it in src.items] == [("x/00.jpg", 0), ("x/01.jpg", -1)]

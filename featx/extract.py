@@ -21,7 +21,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
-from .backbones import Backbone, load_backbone
+from .backbones import DEFAULT_LAYER, Backbone, load_backbone
 from .errors import FeatxError, SourceError, StoreError
 from .images import ImageDecodeError, decode_rgb
 from .preprocess import Preprocessing
@@ -166,7 +166,7 @@ def extract(
                 parts.append(read_rows(path)[0])
             except StoreError:
                 pass  # unreadable: rebuilt below and replaced atomically
-        names = ["embedding", *backbone.layers]
+        names = [DEFAULT_LAYER, *backbone.layers]
         pool = Rows.concat(parts + journal.read(), names, backbone.dims)
         todo = _plan(source, pool)
 
@@ -218,7 +218,7 @@ def _embed(source, todo, backbone, journal, dev, prec, batch_size, workers, comm
     )
     dtype = PRECISIONS[prec]
     autocast = torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    names = ["embedding", *backbone.layers]
+    names = [DEFAULT_LAYER, *backbone.layers]
     parts, pending, last_commit = [], [], time.monotonic()
 
     def commit():

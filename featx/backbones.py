@@ -29,8 +29,7 @@ from torch import nn
 
 from .errors import BackboneError
 from .preprocess import Preprocessing
-
-DEFAULT_LAYER = "embedding"
+from .store import DEFAULT_LAYER
 
 
 @dataclass(frozen=True)
@@ -180,7 +179,8 @@ def _fit_state_dict(model: nn.Module, sd: dict, origin: str, classifier: str, po
     in_head = lambda k: classifier and (k == classifier or k.startswith(classifier + "."))  # noqa: E731
     sd = {k: v for k, v in sd.items() if not (in_head(k) and k in own and own[k].shape != v.shape)}
     missing = [k for k in own if k not in sd and not in_head(k)]
-    unexpected = [k for k in sd if k not in own]
+    removed = tuple(f"{n}." for n, m in model._modules.items() if m is None)  # e.g. googlenet's aux1
+    unexpected = [k for k in sd if k not in own and not (removed and k.startswith(removed))]
     wrong = [k for k in sd if k in own and own[k].shape != sd[k].shape]
     if missing or unexpected or wrong:
         detail = "; ".join(
@@ -189,7 +189,7 @@ def _fit_state_dict(model: nn.Module, sd: dict, origin: str, classifier: str, po
             if keys
         )
         raise BackboneError(f"{origin}: does not fit {type(model).__name__} ({detail})")
-    model.load_state_dict(sd, strict=False)
+    model.load_state_dict({k: v for k, v in sd.items() if k in own}, strict=False)
 
 
 # --- the network boundary -------------------------------------------------------------
@@ -321,7 +321,6 @@ def _timm(name: str, weights: str | None) -> tuple[nn.Module, str, str]:
 
 def _torchvision(name: str, weights: str | None) -> tuple[nn.Module, str, str, Preprocessing]:
     import torchvision
-    from torchvision.models import _api as tv_api
     from torchvision.transforms import InterpolationMode
 
     arch, _, enum_name = name.partition(":")
@@ -339,20 +338,9 @@ def _torchvision(name: str, weights: str | None) -> tuple[nn.Module, str, str, P
     else:
         path = _fetch_url(tv_weights.url, f"torchvision:{arch}")
         origin = f"torchvision {tv_weights}"
-    sd = load_state_dict_file(path)
-    try:
-        # torchvision's builder applies what these weights need (googlenet's transform_input,
-        # a SWAG ViT's image size...); it is handed the state dict read safely above in
-        # place of its own torch.load, which does not use weights_only.
-        with mock.patch.object(tv_api, "load_state_dict_from_url", lambda *a, **k: sd):
-            model = torchvision.models.get_model(arch, weights=tv_weights)
-    except RuntimeError:
-        if not weights:
-            raise
-        # A local file with another head (a fine-tuned network): the plain architecture.
-        model = torchvision.models.get_model(arch, weights=None)
-        _fit_state_dict(model, sd, origin, _last_linear(model))
+    model = _tv_build(arch, tv_weights)
     head = _last_linear(model)
+    _fit_state_dict(model, load_state_dict_file(path), origin, head)
     parent, _, attr = head.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
     t = tv_weights.transforms()
@@ -360,6 +348,18 @@ def _torchvision(name: str, weights: str | None) -> tuple[nn.Module, str, str, P
     interp = t.interpolation.value if isinstance(t.interpolation, InterpolationMode) else "bilinear"
     pre = Preprocessing(crop, crop / resize, interp, tuple(t.mean), tuple(t.std))
     return model, origin, sha256_file(path), pre
+
+
+def _tv_build(arch: str, tv_weights) -> nn.Module:
+    """torchvision's builder with the settings these weights need (googlenet's
+    transform_input, a SWAG ViT's image size...), minus its own loading: that would
+    torch.load without weights_only, and featx loads (and checks) the weights itself."""
+    import torchvision
+    from torchvision.models import _api as tv_api
+
+    with mock.patch.object(tv_api, "load_state_dict_from_url", lambda *a, **k: {}), \
+            mock.patch.object(nn.Module, "load_state_dict", lambda self, *a, **k: None):
+        return torchvision.models.get_model(arch, weights=tv_weights)
 
 
 def _last_linear(model: nn.Module) -> str:

@@ -21,13 +21,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from . import __version__
-from .backbones import DEFAULT_LAYER, Backbone, load_backbone
+from .backbones import Backbone, load_backbone
 from .errors import FeatxError, SourceError, StoreError
 from .images import ImageDecodeError, decode_rgb
 from .preprocess import Preprocessing
 from .sources import Item, Source, open_source
 from . import store
-from .store import Journal, Rows, digest, read_rows, store_path_for, write_lock, write_store
+from .store import DEFAULT_LAYER, Journal, Rows, digest, read_rows, store_path_for, write_lock, write_store
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -160,14 +160,15 @@ def extract(
         if not journal.chunks() and store.manifest(path) == manifest:  # nothing changed
             done = store.info(path)
             return ExtractResult(path, done["rows"], 0, done["rows"], len(done["skipped"]), 0.0, prec, dev.type)
-        parts = []
+        old = None
         if path.exists():
             try:
-                parts.append(read_rows(path)[0])
+                old = read_rows(path)
             except StoreError:
                 pass  # unreadable: rebuilt below and replaced atomically
         names = [DEFAULT_LAYER, *backbone.layers]
-        pool = Rows.concat(parts + journal.read(), names, backbone.dims)
+        journaled = journal.read()
+        pool = Rows.concat(([old[0]] if old else []) + journaled, names, backbone.dims)
         todo = _plan(source, pool)
 
         start = time.perf_counter()
@@ -189,11 +190,24 @@ def extract(
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
         # Files that could not be read this time are retried by the next run, so the
-        # store does not claim to match the listing while any remain.
-        write_store(path, rows, labels, source.classes, provenance, "" if transient else manifest)
+        # store does not claim to match the listing while any remain; when retrying
+        # changed nothing, the store is left as it is.
+        stored_manifest = "" if transient else manifest
+        embedded = sum(len(p) for p in new_parts)
+        if not (old and not journaled and not embedded and _same(old, rows, labels, source.classes, stored_manifest)):
+            write_store(path, rows, labels, source.classes, provenance, stored_manifest)
         journal.clear()
-    embedded = sum(len(p) for p in new_parts)
     return ExtractResult(path, len(rows), embedded, len(rows) - embedded, len(rows.skipped_keys), seconds, prec, dev.type)
+
+
+def _same(old, rows: Rows, labels: np.ndarray, classes: list[str], manifest: str) -> bool:
+    """Whether a store read with read_rows already holds exactly this content."""
+    o_rows, o_labels, o_classes, _, o_manifest = old
+    return (
+        o_manifest == manifest and o_classes == classes and np.array_equal(o_labels, labels)
+        and all(np.array_equal(getattr(o_rows, a), getattr(rows, a))
+                for a in ("keys", "stamps", "sha256", "skipped_keys", "skipped_stamps", "skipped_reasons"))
+    )
 
 
 def _version(module: str) -> str:

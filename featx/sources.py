@@ -106,15 +106,16 @@ class TarSource(Source):
         if not path.is_file():
             raise SourceError(f"{path}: no such tar archive")
         prefix = prefix.strip("/")
+        stem, leaf = path.name.removesuffix(".tar"), prefix.rsplit("/", 1)[-1]
         super().__init__(
             spec=f"tar:{path.resolve()}:{prefix}",
-            name="-".join([path.name.removesuffix(".tar")] + [p for p in prefix.split("/") if p][-1:]),
+            name=stem if not leaf or stem.endswith(leaf) else f"{stem}-{leaf}",
         )
         self.path = path
         self._fh = None
         self._fh_pid = None
         self._offsets: dict[str, tuple[int, int]] = {}
-        entries, problems = [], []
+        entries, problems = {}, []
         base = f"{prefix}/" if prefix else ""
         # Member mtimes have one-second resolution and archives are often built with a
         # fixed one, so the archive's own size and mtime are part of every stamp; when the
@@ -142,13 +143,15 @@ class TarSource(Source):
                     if not is_image_name(rel):
                         problems.append((rel, f"not an image file extension ({PurePosixPath(rel).suffix or 'none'})"))
                         continue
+                    # A name that occurs twice (an appended update) means its last copy,
+                    # as when the archive is unpacked.
                     self._offsets[rel] = (m.offset_data, m.size)
-                    entries.append((rel, f"{m.size}:{int(m.mtime)}:{tar_stamp}"))
+                    entries[rel] = f"{m.size}:{int(m.mtime)}:{tar_stamp}"
         except tarfile.ReadError as exc:
             raise SourceError(f"{path}: not a readable uncompressed tar archive ({exc})") from None
         if not entries and not problems:
             raise SourceError(f"{path}: no files under prefix {prefix!r}")
-        self.classes, self.items = _label_items(entries)
+        self.classes, self.items = _label_items(list(entries.items()))
         self.problems = problems
 
     def __getstate__(self):

@@ -29,10 +29,10 @@ from pathlib import Path
 import h5py
 import numpy as np
 
-from .backbones import DEFAULT_LAYER
 from .errors import StoreError
 
 FORMAT = 1
+DEFAULT_LAYER = "embedding"  # the pooled penultimate features; other layers by their names
 SUFFIX = ".h5"
 
 
@@ -196,8 +196,7 @@ def write_store(path: Path, rows: Rows, labels: np.ndarray, classes: list[str], 
             f["classes"] = _encode(classes)
             for name, x in rows.features.items():
                 x = np.ascontiguousarray(x, dtype=np.float32)
-                chunks = (min(len(x), 4096), x.shape[1]) if len(x) else None
-                ds = f.create_dataset(f"features/{name}", data=x, chunks=chunks)
+                ds = f.create_dataset(f"features/{name}", data=x)  # contiguous: no chunk padding
                 ds.attrs["sha256"] = hashlib.sha256(x.tobytes()).hexdigest()
             f["skipped/keys"] = _encode(rows.skipped_keys)
             f["skipped/stamps"] = _encode(rows.skipped_stamps)

@@ -205,3 +205,24 @@ def test_size_and_layer_mistakes_are_clear():
         load_backbone("efficientnet_lite0", image_size=4)
     bb = load_backbone("efficientnet_lite0", layers=["blocks.3", "blocks.3"], image_size=64)
     assert bb.layers == ("blocks.3",)
+
+
+def test_a_fine_tuned_torchvision_file_keeps_the_weights_settings(tmp_path):
+    """inception_v3 fine-tuned to 5 classes from its ImageNet weights: built, as those
+    weights need, with transform_input=True; the new head of another size is left out."""
+    net = torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=True)
+    net.fc = torch.nn.Linear(2048, 5)
+    torch.save(net.state_dict(), tmp_path / "ft.pth")
+    bb = load_backbone("torchvision:inception_v3", weights=tmp_path / "ft.pth")
+    assert bb.model.transform_input is True and bb.embed_dim == 2048
+    net.fc = torch.nn.Identity()
+    net.eval()
+    x = torch.randn(1, 3, 299, 299)
+    with torch.inference_mode():
+        assert torch.allclose(bb.embed(x)["embedding"], net(x), atol=1e-5)
+
+
+def test_a_fine_tuned_googlenet_without_aux_heads_loads(tmp_path):
+    net = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=True)
+    torch.save(net.state_dict(), tmp_path / "g.pth")
+    assert load_backbone("torchvision:googlenet", weights=tmp_path / "g.pth").embed_dim == 1024

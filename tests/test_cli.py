@@ -56,7 +56,7 @@ def test_cache_commands(tmp_path, capsys, lite0_small):
 
     # Flip one bit inside the feature data: verify must notice.
     with h5py.File(path, "r") as f:
-        offset = f["features/embedding"].id.get_chunk_info(0).byte_offset
+        offset = f["features/embedding"].id.get_offset()
     with open(path, "r+b") as fh:
         fh.seek(offset + 100)
         byte = fh.read(1)[0]

@@ -275,6 +275,26 @@ def test_a_file_that_could_not_be_read_is_retried(tmp_path, lite0_small):
     assert (second.embedded, second.rows, second.skipped) == (1, 3, 0)
 
 
+def test_a_file_that_never_reads_is_retried_without_rewriting_the_store(tmp_path, lite0_small):
+    from featx.sources import ImageFolderSource
+
+    class Locked(ImageFolderSource):
+        attempts = 0
+
+        def read(self, item):
+            if item.key == "a/00.jpg":
+                Locked.attempts += 1
+                raise PermissionError(13, "Permission denied")
+            return super().read(item)
+
+    data = make_folder(tmp_path / "data", {"a": 2})
+    first = extract(Locked(data), lite0_small, tmp_path / "cache", workers=0)
+    mtime = first.path.stat().st_mtime_ns
+    again = extract(Locked(data), lite0_small, tmp_path / "cache", workers=0)
+    assert Locked.attempts == 2 and (again.rows, again.skipped, again.embedded) == (1, 1, 0)
+    assert first.path.stat().st_mtime_ns == mtime
+
+
 def test_a_source_where_nothing_decodes_gives_an_empty_store(tmp_path, lite0_small):
     (tmp_path / "data" / "a").mkdir(parents=True)
     (tmp_path / "data" / "a" / "x.jpg").write_text("not a picture")

@@ -71,6 +71,19 @@ def test_tar_unsafe_and_special_members_are_reported(tmp_path):
     assert ("/abs/x.jpg", "unsafe member name (absolute or '..')") in TarSource(path).problems
 
 
+def test_tar_member_written_twice_means_its_last_copy(tmp_path):
+    path = tmp_path / "t.tar"
+    first, last = jpeg_bytes(photo(1)), jpeg_bytes(photo(2))
+    with tarfile.open(path, "w") as tar:
+        for name, data in (("a/x.jpg", first), ("a/y.jpg", first), ("./a/x.jpg", last)):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    src = TarSource(path)
+    assert [it.key for it in src.items] == ["a/x.jpg", "a/y.jpg"]
+    assert src.read(src.items[0]) == last
+
+
 def test_csv_manifest(tmp_path):
     make_folder(tmp_path / "imgs", {"x": 2})
     manifest = tmp_path / "m.csv"

@@ -223,7 +223,7 @@ def _embed(source, todo, backbone, journal, dev, prec, batch_size, workers, comm
         return []
     from tqdm import tqdm
 
-    model = backbone.model.to(dev, memory_format=torch.channels_last)
+    backbone.model.to(dev, memory_format=torch.channels_last)  # in place; embed() runs it
     pre = backbone.preprocessing
     n_batches = -(-len(todo) // batch_size)
     loader = DataLoader(

@@ -72,6 +72,8 @@ class Rows:
 
     @staticmethod
     def concat(parts: list["Rows"], names: list[str], dims: dict[str, int]) -> "Rows":
+        if len(parts) == 1:  # nothing to join: no copy of the features
+            return parts[0]
         def cat(attr):
             arrays = [np.asarray(getattr(p, attr), dtype=str) for p in parts]
             return np.concatenate(arrays) if arrays else np.zeros(0, dtype=str)

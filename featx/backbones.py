@@ -7,6 +7,8 @@ Names:
   offline, no download.
 - ``timm:<model>``: timm's pretrained weights through Hugging Face Hub's cache.
 - ``torchvision:<model>[:<weights enum>]``: torchvision's weights through torch.hub's cache.
+- ``pixels``: no network; the image resized to 32 x 32 and flattened (3,072 values), the
+  baseline that transfer learning is measured against.
 
 Any of them takes ``weights=FILE``: a local state dict, loaded with ``weights_only=True``.
 The SHA-256 of the weight file, whatever its origin, is part of the backbone's identity.
@@ -53,6 +55,9 @@ BUILTIN: dict[str, BuiltinWeights] = {
     )
     for i in range(3)
 }
+
+
+PIXELS = "pixels"  # the no-transfer baseline: raw pixels, flattened
 
 
 @dataclass
@@ -390,9 +395,14 @@ def load_backbone(
     elif name.startswith("torchvision:"):
         model, origin, digest, pre = _torchvision(name.removeprefix("torchvision:"), weights)
         arch = name.removeprefix("torchvision:").partition(":")[0]
+    elif name == PIXELS:
+        if weights is not None:
+            raise BackboneError(f"{PIXELS}: has no weights to load")
+        model, origin, digest, arch = nn.Flatten(), "none", "", PIXELS
+        pre = Preprocessing(32, 1.0, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     else:
         raise BackboneError(
-            f"unknown backbone {name!r}: use one of {', '.join(BUILTIN)}, timm:<model> or torchvision:<model>"
+            f"unknown backbone {name!r}: use one of {', '.join(BUILTIN)}, {PIXELS}, timm:<model> or torchvision:<model>"
         )
     return Backbone(
         name=name,

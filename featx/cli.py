@@ -26,6 +26,16 @@ def _non_negative(text: str) -> int:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {value}")
+    return value
+
+
+HEAD_NAMES = ("logreg", "linear_svm", "ridge", "knn", "nearest_centroid", "mlp", "hgb")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="featx", description="Frozen pretrained features for image collections.")
     p.add_argument("--version", action="version", version=f"featx {__version__}")
@@ -44,6 +54,38 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     e.add_argument("--workers", type=_non_negative, metavar="N", help="decoding processes (default: one per core, at most 8)")
+
+    t = sub.add_parser("train", help="fit one head (with its hyper-parameter sweep) on a store; writes a model file")
+    t.add_argument("--features", required=True, metavar="STORE", help="a store's path, or its name in the cache")
+    t.add_argument("--head", required=True, metavar="NAME", help=", ".join(HEAD_NAMES))
+    t.add_argument("--val", metavar="STORE", help="a store of validation images (default: a split of --features)")
+    t.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
+                   help="share of --features held out for validation when there is no --val (default 0.2)")
+    t.add_argument("--layer", default="embedding", metavar="NAME", help="which stored features to use")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR")
+    t.add_argument("--out", required=True, metavar="FILE", help="model file to write (a .json sidecar goes beside it)")
+
+    pr = sub.add_parser("predict", help="label images end-to-end with a model file; writes a CSV")
+    pr.add_argument("--model", required=True, metavar="FILE")
+    pr.add_argument("--data", required=True, metavar="SRC")
+    pr.add_argument("--out", required=True, metavar="CSV")
+    pr.add_argument("--top-k", type=_positive, default=3, metavar="K", help="classes listed per image (default 3)")
+    pr.add_argument("--weights", metavar="FILE", help="the backbone's weights file, if the model was trained on one")
+    pr.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR")
+    pr.add_argument("--batch-size", type=_positive, default=64, metavar="N")
+    pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    pr.add_argument("--workers", type=_non_negative, metavar="N")
+
+    r = sub.add_parser("run", help="run a YAML pipeline; writes report.json, report.md and report.html")
+    r.add_argument("pipeline", metavar="PIPELINE.yaml")
+    r.add_argument("--out", metavar="DIR", help="output folder (default: reports/<pipeline name>)")
+    r.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR")
+
+    d = sub.add_parser("demo", help="the whole pipeline on a built-in generated dataset (offline), or on --data")
+    d.add_argument("--out", default=os.path.join("reports", "demo"), metavar="DIR")
+    d.add_argument("--data", metavar="SRC", help="your images instead (folder with train/ and test/, or any source)")
+    d.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR")
 
     c = sub.add_parser("cache", help="inspect and manage the embedding stores")
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -79,6 +121,68 @@ def _extract(args) -> int:
     )
     print(result.path)
     return 0
+
+
+def _train(args) -> int:
+    from . import models, store
+
+    features = store.resolve(args.cache, args.features)
+    val = store.resolve(args.cache, args.val) if args.val else None
+    b = models.train(features, args.head, val=val, layer=args.layer, val_fraction=args.val_fraction, seed=args.seed)
+    path = models.save(b, args.out)
+    m = b["metrics"]
+    chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m["best_params"].items())
+    val_text = "no validation split (too few images)" if m["val_accuracy"] is None else \
+        f"validation accuracy {100 * m['val_accuracy']:.1f} %"
+    print(f"{args.head} on {m['n_train']} images in {m['fit_seconds']:.1f} s: {val_text}"
+          + (f", chose {chosen}" if chosen else ""), file=sys.stderr)
+    print(path)
+    return 0
+
+
+def _predict(args) -> int:
+    from . import models
+
+    b = models.load(args.model)
+    result = models.predict(b, args.data, args.cache, weights=args.weights, batch_size=args.batch_size,
+                            device=args.device, workers=args.workers, progress=True)
+    path = result.write_csv(args.out, top_k=args.top_k)
+    acc = result.accuracy
+    print(f"{len(result.keys)} images labelled, {len(result.skipped)} skipped"
+          + ("" if acc is None else f"; accuracy against their folder labels {100 * acc:.2f} %"), file=sys.stderr)
+    print(path)
+    return 0
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _show(report: dict, out) -> int:
+    from .report import summary
+
+    for line in summary(report):
+        print(line, file=sys.stderr)
+    print(f"report: {os.path.join(out, 'report.html')}")
+    return 0
+
+
+def _run(args) -> int:
+    from . import pipeline
+
+    p = pipeline.load(args.pipeline)
+    out = args.out or os.path.join("reports", p.name)
+    return _show(pipeline.run(p, out, args.cache, progress=True, log=_log), out)
+
+
+def _demo(args) -> int:
+    from . import pipeline
+    from .demo import demo_pipeline
+
+    if args.data is None:
+        _log("demo: generated texture dataset (10 classes), efficientnet_lite0 against raw pixels")
+    p = demo_pipeline(args.cache, args.data)
+    return _show(pipeline.run(p, args.out, args.cache, progress=True, log=_log), args.out)
 
 
 def _cache(args) -> int:
@@ -127,7 +231,8 @@ def _cache(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"extract": _extract, "cache": _cache}[args.command](args)
+        commands = {"extract": _extract, "train": _train, "predict": _predict, "run": _run, "demo": _demo, "cache": _cache}
+        return commands[args.command](args)
     except FeatxError as exc:
         print(f"featx: error: {exc}", file=sys.stderr)
         return 1

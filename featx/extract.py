@@ -176,8 +176,10 @@ def extract(
                            default_workers() if workers is None else workers,
                            commit_rows, commit_seconds, progress)
         seconds = time.perf_counter() - start
+        embedded = sum(len(p) for p in new_parts)
 
         rows, labels, transient = _assemble(source, [pool, *new_parts], names, backbone.dims)
+        before = old[3].get("throughput", {}) if old else {}
         provenance = {
             "featx": __version__,
             "torch": torch.__version__,
@@ -188,12 +190,14 @@ def extract(
             "device": dev.type,
             "source": source.spec,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            # every image this store's runs embedded, and the time it took: its speed
+            "throughput": {"images": before.get("images", 0) + embedded,
+                           "seconds": round(before.get("seconds", 0.0) + seconds, 3)},
         }
         # Files that could not be read this time are retried by the next run, so the
         # store does not claim to match the listing while any remain; when retrying
         # changed nothing, the store is left as it is.
         stored_manifest = "" if transient else manifest
-        embedded = sum(len(p) for p in new_parts)
         if not (old and not journaled and not embedded and _same(old, rows, labels, source.classes, stored_manifest)):
             write_store(path, rows, labels, source.classes, provenance, stored_manifest)
         journal.clear()

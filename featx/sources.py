@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import random
 import re
 import tarfile
 from dataclasses import dataclass, field
@@ -212,6 +213,25 @@ class CsvSource(Source):
     def read(self, item: Item) -> bytes:
         with open(self.base / item.key, "rb") as fh:
             return fh.read()
+
+
+class SubsetSource(Source):
+    """At most ``per_class`` images of each class of another source, drawn with ``seed``
+    (the same draw every time); unlabelled images are left out."""
+
+    def __init__(self, base: Source, per_class: int, seed: int = 0):
+        super().__init__(spec=f"{base.spec}#per_class={per_class},seed={seed}",
+                         name=f"{base.name}-{per_class}pc", classes=list(base.classes), problems=list(base.problems))
+        self.base = base
+        rng = random.Random(f"{seed}:{per_class}")
+        chosen = set()
+        for label in range(len(base.classes)):
+            keys = [it.key for it in base.items if it.label == label]
+            chosen.update(rng.sample(keys, min(per_class, len(keys))))
+        self.items = [it for it in base.items if it.key in chosen]
+
+    def read(self, item: Item) -> bytes:
+        return self.base.read(item)
 
 
 def open_source(spec: str | os.PathLike) -> Source:

@@ -1,0 +1,328 @@
+"""Classifier heads on frozen features: scikit-learn estimators, looked up by name.
+
+Every head follows one protocol (Kornblith, Shlens and Le 2019): its hyper-parameter is
+chosen on a validation split held out of the training data, then the chosen model is
+refit on train + validation. ``fit(X, y, val_mask=...)`` marks the user's own validation
+rows; without it a stratified split of ``val_fraction`` is drawn with ``random_state``.
+When the data are too small to split (a class with fewer than two examples), the head
+uses its default hyper-parameter and records that no selection took place.
+
+Heads are real estimators (``get_params``, ``clone``, ``Pipeline``, ``cross_val_score``).
+Margin classifiers (``linear_svm``, ``ridge``) give probabilities by a softmax of their
+decision values with one temperature fitted on the validation split (Guo et al. 2017),
+which leaves their predictions unchanged.
+"""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+from scipy.linalg import LinAlgWarning
+from scipy.optimize import minimize_scalar
+from scipy.special import log_softmax, softmax
+from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.model_selection import train_test_split
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.neural_network import MLPClassifier
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import Normalizer, StandardScaler
+from sklearn.svm import LinearSVC
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from .errors import FeatxError
+
+C_GRID = np.logspace(-6, 2, 25)  # 3 values per decade (Kornblith et al. sweep 45 over a wider range)
+
+
+class SweptHead(ClassifierMixin, BaseEstimator):
+    """Base class: subclasses name their candidates and build one model per candidate."""
+
+    default_index = 0
+
+    def __init__(self, val_fraction: float = 0.2, random_state: int = 0):
+        self.val_fraction = val_fraction
+        self.random_state = random_state
+
+    # -- what subclasses provide ------------------------------------------------------
+    def _candidates(self, y) -> list[dict]:
+        """Hyper-parameter settings to try, for training labels ``y``."""
+        raise NotImplementedError
+
+    def _build(self, **params):
+        raise NotImplementedError
+
+    def _sweep(self, candidates, Xt, yt, Xv, yv) -> list[tuple[float, float]]:
+        """(accuracy, log loss) on the validation rows for each candidate."""
+        return [_score(clone(self._build(**p)).fit(Xt, yt), Xv, yv) for p in candidates]
+
+    # -- the protocol -----------------------------------------------------------------
+    def fit(self, X, y, val_mask=None):
+        # Solvers stop at their iteration caps on nearly separable data, as intended.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            warnings.simplefilter("ignore", LinAlgWarning)  # ridge at its weakest penalties
+            return self._fit(X, y, val_mask)
+
+    def _fit(self, X, y, val_mask):
+        X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
+        check_classification_targets(y)
+        self.classes_ = np.unique(y)
+        if len(self.classes_) < 2:
+            raise ValueError(f"{type(self).__name__} needs samples of at least 2 classes; y has only 1 class")
+        split = self._split(y, val_mask)
+        candidates = self._candidates(y if split is None else y[split[0]])
+        self.selected_on_validation_ = split is not None and len(candidates) > 1
+        self.temperature_ = 1.0
+        if split is None:
+            best, self.val_scores_, self.val_accuracy_ = min(self.default_index, len(candidates) - 1), [], None
+        else:
+            tr, va = split
+            scores = self._sweep(candidates, X[tr], y[tr], X[va], y[va]) if len(candidates) > 1 else None
+            best = 0 if scores is None else max(range(len(scores)), key=lambda i: (scores[i][0], -scores[i][1]))
+            chosen = clone(self._build(**candidates[best])).fit(X[tr], y[tr])
+            if not hasattr(chosen, "predict_proba"):
+                self.temperature_ = _fit_temperature(_decision_2d(chosen, X[va]), _indices(chosen.classes_, y[va]))
+            self.val_scores_ = [{**p, "accuracy": a} for p, (a, _) in zip(candidates, scores or [])]
+            self.val_accuracy_ = float(np.mean(chosen.predict(X[va]) == y[va]))
+        self.best_params_ = candidates[best]
+        self.model_ = self._build(**self.best_params_).fit(X, y)
+        return self
+
+    def _split(self, y, val_mask):
+        if val_mask is not None:
+            val_mask = np.asarray(val_mask, dtype=bool)
+            if val_mask.shape != y.shape:
+                raise ValueError(f"val_mask has shape {val_mask.shape}, y has {y.shape}")
+            if not val_mask.any() or val_mask.all():
+                raise ValueError("val_mask must mark some rows, not all, as validation")
+            if len(np.unique(y[~val_mask])) < 2:
+                raise ValueError("the training rows (outside val_mask) hold fewer than 2 classes")
+            return np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
+        _, counts = np.unique(y, return_counts=True)
+        n_val = max(len(counts), round(self.val_fraction * len(y)))
+        if counts.min() < 2 or len(y) - n_val < len(counts):
+            return None
+        idx = np.arange(len(y))
+        tr, va = train_test_split(idx, test_size=n_val, stratify=y, random_state=self.random_state)
+        return np.sort(tr), np.sort(va)
+
+    def predict(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return self.model_.predict(X)
+
+    def predict_proba(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        if hasattr(self.model_, "predict_proba"):
+            return self.model_.predict_proba(X)
+        return softmax(_decision_2d(self.model_, X) / self.temperature_, axis=1)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+def _indices(classes, y) -> np.ndarray:
+    return np.searchsorted(classes, y)
+
+
+def _decision_2d(model, X) -> np.ndarray:
+    d = model.decision_function(X)
+    return np.column_stack([-d / 2, d / 2]) if d.ndim == 1 else d
+
+
+def _score(model, Xv, yv) -> tuple[float, float]:
+    accuracy = float(np.mean(model.predict(Xv) == yv))
+    if not hasattr(model, "predict_proba"):
+        return accuracy, 0.0
+    p = model.predict_proba(Xv)
+    cols = np.searchsorted(model.classes_, yv)
+    known = (cols < len(model.classes_)) & (model.classes_[np.minimum(cols, len(model.classes_) - 1)] == yv)
+    picked = np.where(known, p[np.arange(len(yv)), np.minimum(cols, p.shape[1] - 1)], 0.0)
+    return accuracy, float(-np.mean(np.log(np.clip(picked, 1e-12, None))))
+
+
+def _fit_temperature(scores: np.ndarray, y: np.ndarray) -> float:
+    """The T minimising the validation log loss of softmax(scores / T)."""
+    rows = np.arange(len(y))
+
+    def nll(log_t):
+        return -log_softmax(scores / np.exp(log_t), axis=1)[rows, y].mean()
+
+    return float(np.exp(minimize_scalar(nll, bounds=(-6, 6), method="bounded").x))
+
+
+class _RowSpan(TransformerMixin, BaseEstimator):
+    """Coordinates in an orthonormal basis of the training rows' span, when there are
+    fewer rows than features; otherwise the features as they are.
+
+    An L2-regularised linear model's optimum lies in that span (w = -C X^T r), so fitting
+    on these coordinates gives exactly the same predictions with n instead of d features:
+    much faster when examples are few.
+    """
+
+    def fit(self, X, y=None):
+        X = validate_data(self, X, dtype=[np.float64, np.float32])
+        self.basis_ = np.linalg.svd(X, full_matrices=False)[2].T if X.shape[0] < X.shape[1] else None
+        return self
+
+    def transform(self, X):
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False, dtype=[np.float64, np.float32])
+        return X if self.basis_ is None else X @ self.basis_
+
+
+class LogRegHead(SweptHead):
+    """Standardised features, multinomial L2 logistic regression (L-BFGS), C swept."""
+
+    default_index = 12  # C = 1e-2
+
+    def __init__(self, val_fraction=0.2, random_state=0, max_iter=1000):
+        super().__init__(val_fraction, random_state)
+        self.max_iter = max_iter
+
+    def _candidates(self, y):
+        return [{"C": float(c)} for c in C_GRID]
+
+    def _build(self, C):
+        return make_pipeline(StandardScaler(), _RowSpan(), LogisticRegression(C=C, max_iter=self.max_iter))
+
+    def _sweep(self, candidates, Xt, yt, Xv, yv):
+        # Along the regularisation path, each fit starts from the previous solution.
+        prep = make_pipeline(StandardScaler(), _RowSpan()).fit(Xt)
+        Xt, Xv = prep.transform(Xt), prep.transform(Xv)
+        model = LogisticRegression(max_iter=self.max_iter, warm_start=True)
+        return [_score(model.set_params(**p).fit(Xt, yt), Xv, yv) for p in candidates]
+
+    def fit(self, X, y, val_mask=None):
+        super().fit(X, y, val_mask)
+        self.n_iter_ = self.model_[-1].n_iter_
+        return self
+
+
+class LinearSVMHead(SweptHead):
+    """Standardised features, linear SVM (one-vs-rest, squared hinge), C swept."""
+
+    default_index = 12  # C = 1e-3
+
+    def _candidates(self, y):
+        # Optima on standardised embeddings lie far below C = 0.1; above it liblinear
+        # crawls on nearly separable data without changing the predictions.
+        return [{"C": float(c)} for c in np.logspace(-6, -1, 21)]
+
+    def _build(self, C):
+        return make_pipeline(StandardScaler(), _RowSpan(), LinearSVC(C=C, max_iter=1000))
+
+
+class RidgeHead(SweptHead):
+    """Standardised features, ridge regression on one-hot targets, alpha swept."""
+
+    default_index = 10  # alpha = 1e3
+
+    def _candidates(self, y):
+        return [{"alpha": float(a)} for a in np.logspace(-2, 6, 25)]
+
+    def _build(self, alpha):
+        return make_pipeline(StandardScaler(), RidgeClassifier(alpha=alpha))
+
+
+class KNNHead(SweptHead):
+    """Cosine k-nearest neighbours (L2-normalised features), distance-weighted votes, k swept."""
+
+    default_index = 3  # k = 10
+    K_GRID = (1, 3, 5, 10, 20, 50, 100, 200)
+
+    def _candidates(self, y):
+        return [{"n_neighbors": k} for k in self.K_GRID if k <= len(y)]
+
+    def _build(self, n_neighbors):
+        return make_pipeline(Normalizer(), KNeighborsClassifier(n_neighbors, weights="distance", algorithm="brute"))
+
+
+class NearestCentroidHead(SweptHead):
+    """Nearest class mean of L2-normalised features (nothing to tune)."""
+
+    def _candidates(self, y):
+        return [{}]
+
+    def _build(self):
+        return _CosineCentroids()
+
+
+class _CosineCentroids(ClassifierMixin, BaseEstimator):
+    """Class means of L2-normalised features; decision values are cosine similarities."""
+
+    def fit(self, X, y):
+        self.classes_, y = np.unique(y, return_inverse=True)
+        X = _l2(X)
+        self.centroids_ = _l2(np.stack([X[y == k].mean(axis=0) for k in range(len(self.classes_))]))
+        return self
+
+    def decision_function(self, X):
+        d = _l2(X) @ self.centroids_.T
+        return d[:, 1] - d[:, 0] if len(self.classes_) == 2 else d
+
+    def predict(self, X):
+        return self.classes_[np.argmax(_decision_2d(self, X), axis=1)]
+
+
+def _l2(X):
+    return Normalizer().transform(X)
+
+
+def _can_hold_out(y) -> bool:
+    """Whether an estimator's own 10 % early-stopping split holds every class."""
+    return np.unique(y, return_counts=True)[1].min() >= 10
+
+
+class MLPHead(SweptHead):
+    """Standardised features, one hidden layer of 256, early stopping; L2 penalty swept."""
+
+    default_index = 1
+
+    def _candidates(self, y):
+        return [{"alpha": a, "early_stopping": _can_hold_out(y)} for a in (1e-4, 1e-2, 1.0)]
+
+    def _build(self, alpha, early_stopping):
+        return make_pipeline(StandardScaler(), MLPClassifier(
+            hidden_layer_sizes=(256,), alpha=alpha, early_stopping=early_stopping, n_iter_no_change=10,
+            max_iter=200, random_state=self.random_state))
+
+
+class HGBHead(SweptHead):
+    """Histogram gradient boosting with early stopping; learning rate swept."""
+
+    default_index = 1
+
+    def _candidates(self, y):
+        return [{"learning_rate": r, "early_stopping": _can_hold_out(y)} for r in (0.05, 0.1, 0.2)]
+
+    def _build(self, learning_rate, early_stopping):
+        return HistGradientBoostingClassifier(
+            learning_rate=learning_rate, max_iter=200, early_stopping=early_stopping, n_iter_no_change=10,
+            random_state=self.random_state)
+
+
+HEADS: dict[str, type[SweptHead]] = {
+    "logreg": LogRegHead,
+    "linear_svm": LinearSVMHead,
+    "ridge": RidgeHead,
+    "knn": KNNHead,
+    "nearest_centroid": NearestCentroidHead,
+    "mlp": MLPHead,
+    "hgb": HGBHead,
+}
+
+
+def make_head(name: str, **params) -> SweptHead:
+    """A fresh, unfitted head by its name."""
+    try:
+        return HEADS[name](**params)
+    except KeyError:
+        raise FeatxError(f"unknown head {name!r}: choose from {', '.join(HEADS)}") from None

@@ -1,0 +1,101 @@
+"""The heads: real scikit-learn estimators that follow the validation protocol."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from sklearn.datasets import make_classification
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from featx.errors import FeatxError
+from featx.heads import C_GRID, HEADS, LogRegHead, _RowSpan, make_head
+
+
+@parametrize_with_checks([cls() for cls in HEADS.values()])
+def test_sklearn_estimator_checks(estimator, check):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check(estimator)
+
+
+def _data(n=300, d=40, classes=3, seed=0):
+    return make_classification(n, d, n_informative=10, n_classes=classes, random_state=seed)
+
+
+@pytest.mark.parametrize("name", list(HEADS))
+def test_every_head_drops_into_pipeline_and_cross_val_score(name):
+    X, y = _data()
+    scores = cross_val_score(make_pipeline(StandardScaler(), make_head(name)), X, y, cv=3)
+    assert scores.mean() > 0.6  # well above chance (1/3) on learnable data
+
+
+def test_logreg_sweeps_at_least_20_values_and_picks_the_best_on_the_validation_rows():
+    X, y = _data()
+    val = np.zeros(len(y), bool)
+    val[200:] = True
+    head = LogRegHead().fit(X, y, val_mask=val)
+    assert len(head.val_scores_) >= 20 and len(C_GRID) >= 20
+    # The same sweep done by hand: fresh scikit-learn fits on the training rows, scored on val.
+    scaler = StandardScaler().fit(X[~val])
+    accs = [np.mean(LogisticRegression(C=c, max_iter=5000).fit(scaler.transform(X[~val]), y[~val])
+                    .predict(scaler.transform(X[val])) == y[val]) for c in C_GRID]
+    assert [s["accuracy"] for s in head.val_scores_] == pytest.approx(accs, abs=0.011)
+    assert head.val_accuracy_ == pytest.approx(max(accs), abs=0.011)
+    assert head.best_params_["C"] in [c for c, a in zip(C_GRID, accs) if a >= max(accs) - 0.011]
+    assert head.selected_on_validation_
+
+
+def test_the_chosen_model_is_refit_on_train_and_validation():
+    X, y = _data()
+    val = np.r_[np.zeros(200, bool), np.ones(100, bool)]
+    head = make_head("knn").fit(X, y, val_mask=val)
+    assert head.model_[-1].n_samples_fit_ == len(y)
+
+
+def test_without_a_val_mask_a_seeded_stratified_split_is_used():
+    X, y = _data()
+    a = make_head("logreg", random_state=3).fit(X, y)
+    b = make_head("logreg", random_state=3).fit(X, y)
+    c = make_head("logreg", random_state=4).fit(X, y)
+    assert a.val_scores_ == b.val_scores_
+    assert a.val_scores_ != c.val_scores_
+
+
+def test_too_few_examples_to_split_use_the_default_and_say_so():
+    X, y = _data(n=6, classes=3)
+    y = np.array([0, 1, 2, 0, 1, 2])[: len(y)]
+    X = X[:6]
+    X[3:] += 0.01
+    head = make_head("logreg").fit(X[:3], y[:3])  # one example per class
+    assert not head.selected_on_validation_ and head.val_accuracy_ is None
+    assert head.best_params_ == {"C": float(C_GRID[LogRegHead.default_index])}
+
+
+def test_row_span_projection_gives_the_same_model_with_fewer_features():
+    X, y = _data(n=60, d=500)
+    Xs = StandardScaler().fit_transform(X)
+    full = LogisticRegression(C=0.1, max_iter=5000, tol=1e-8).fit(Xs, y)
+    span = make_pipeline(_RowSpan(), LogisticRegression(C=0.1, max_iter=5000, tol=1e-8)).fit(Xs, y)
+    assert span[0].basis_.shape == (500, 60)
+    Xn = np.random.default_rng(1).normal(size=(20, 500))
+    np.testing.assert_allclose(span.predict_proba(Xn), full.predict_proba(Xn), atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["linear_svm", "ridge", "nearest_centroid"])
+def test_margin_heads_give_calibrated_probabilities_without_changing_predictions(name):
+    X, y = _data()
+    head = make_head(name).fit(X, y)
+    p = head.predict_proba(X)
+    assert np.allclose(p.sum(axis=1), 1)
+    assert np.array_equal(head.classes_[p.argmax(axis=1)], head.predict(X))
+    assert head.temperature_ != 1.0  # fitted on the validation rows
+
+
+def test_unknown_head_names_the_choices():
+    with pytest.raises(FeatxError, match="unknown head 'logregg'.*logreg"):
+        make_head("logregg")

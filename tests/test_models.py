@@ -1,0 +1,110 @@
+"""Fitted model bundles: saved with their digest, refused when altered, and used by
+``featx predict`` end to end."""
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from featx import models
+from featx.cli import main
+from featx.extract import extract
+from featx.store import load
+
+from imagegen import make_folder
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, lite0_small):
+    """A small two-class folder, its store, and a logreg bundle fitted on it."""
+    tmp = tmp_path_factory.mktemp("models")
+    folder = make_folder(tmp / "imgs", {"cats": 12, "dogs": 12})
+    # make the classes separable: dogs are much brighter
+    from PIL import Image
+
+    for path in (folder / "dogs").iterdir():
+        im = Image.open(path).point(lambda v: min(255, v + 120))
+        im.save(path, quality=95)
+    result = extract(str(folder), lite0_small, tmp / "cache", workers=0)
+    bundle = models.train(result.path, "logreg")
+    path = models.save(bundle, tmp / "out" / "m.joblib")
+    return tmp, folder, result.path, path
+
+
+def test_bundle_records_what_prediction_needs(trained):
+    _, _, store_path, path = trained
+    b = models.load(path)
+    assert b["classes"] == ["cats", "dogs"] and b["head"] == "logreg"
+    assert b["backbone"]["name"] == "efficientnet_lite0" and len(b["backbone"]["weights_sha256"]) == 64
+    assert b["backbone"]["preprocessing"]["image_size"] == 64
+    assert b["metrics"]["val_accuracy"] is not None and b["metrics"]["n_train"] == 24
+    side = json.loads(path.with_name(path.name + ".json").read_text())
+    assert side["classes"] == ["cats", "dogs"] and len(side["sha256"]) == 64
+
+
+def test_a_tampered_model_file_is_refused(trained, tmp_path):
+    _, _, _, path = trained
+    copy = tmp_path / "m.joblib"
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    copy.write_bytes(bytes(data))
+    (tmp_path / "m.joblib.json").write_bytes(path.with_name(path.name + ".json").read_bytes())
+    with pytest.raises(models.ModelError, match="SHA-256 does not match"):
+        models.load(copy)
+
+
+def test_a_model_without_its_sidecar_is_refused(trained, tmp_path):
+    _, _, _, path = trained
+    lone = tmp_path / "lone.joblib"
+    lone.write_bytes(path.read_bytes())
+    with pytest.raises(models.ModelError, match="no valid sidecar"):
+        models.load(lone)
+
+
+def test_predict_end_to_end_matches_the_head_on_stored_features(trained):
+    tmp, folder, store_path, path = trained
+    b = models.load(path)
+    result = models.predict(b, str(folder), tmp / "cache", workers=0)
+    assert result.store == store_path  # the embedding store is reused
+    X, y, keys, classes = load(store_path)
+    assert list(result.keys) == list(keys)
+    assert result.labels == [classes[k] for k in b["model"].predict(X)]
+    assert result.accuracy == pytest.approx(np.mean(b["model"].predict(X) == y))
+
+
+def test_train_and_predict_commands(trained, tmp_path, capsys):
+    tmp, folder, store_path, _ = trained
+    model = tmp_path / "knn.joblib"
+    assert main(["train", "--features", str(store_path), "--head", "knn", "--out", str(model)]) == 0
+    assert capsys.readouterr().out.strip() == str(model)
+    (folder / "cats" / "notes.txt").write_text("not an image")
+    out_csv = tmp_path / "pred.csv"
+    try:
+        assert main(["predict", "--model", str(model), "--data", str(folder), "--out", str(out_csv),
+                     "--cache", str(tmp / "cache"), "--workers", "0", "--top-k", "2"]) == 0
+    finally:
+        (folder / "cats" / "notes.txt").unlink()
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == str(out_csv)
+    rows = list(csv.DictReader(out_csv.open()))
+    images = [r for r in rows if not r["error"]]
+    assert len(images) == 24
+    for r in images:
+        assert r["label"] in ("cats", "dogs") and 0.5 <= float(r["probability"]) <= 1
+        assert len(r["top_k"].split(";")) == 2 and r["top_k"].startswith(r["label"] + ":")
+    acc = np.mean([r["label"] == r["true_label"] for r in images])
+    assert f"accuracy against their folder labels {100 * acc:.2f} %" in captured.err
+    assert [r["path"] for r in rows if r["error"]] == ["cats/notes.txt"]
+
+
+def test_predict_refuses_a_tampered_model_in_one_line(trained, tmp_path, capsys):
+    tmp, folder, _, path = trained
+    copy = tmp_path / "m.joblib"
+    copy.write_bytes(path.read_bytes() + b"\0")
+    (tmp_path / "m.joblib.json").write_bytes(path.with_name(path.name + ".json").read_bytes())
+    assert main(["predict", "--model", str(copy), "--data", str(folder), "--out", str(tmp_path / "p.csv")]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "refusing to load" in err and str(copy) in err
+    assert not (tmp_path / "p.csv").exists()

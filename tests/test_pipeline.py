@@ -1,0 +1,135 @@
+"""YAML pipelines: validated with clear errors, cached stages, and the report files."""
+from __future__ import annotations
+
+import json
+
+import jsonschema
+import pytest
+
+from featx import pipeline
+from featx.cli import main
+from featx.report import SCHEMA
+
+from imagegen import make_folder
+
+GOOD = """\
+name: tiny
+data:
+  train: {train}
+  test: {test}
+backbones: [efficientnet_lite0, pixels]
+extract: {{image_size: 64, workers: 0}}
+heads: [{heads}]
+report:
+  efficiency: {{shots: [1, 2], draws: 2}}
+"""
+
+
+def _write(tmp_path, text, name="p.yaml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pipe")
+    return (make_folder(tmp / "train", {"a": 6, "b": 6}, start_seed=0),
+            make_folder(tmp / "test", {"a": 4, "b": 4}, start_seed=100))
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("name: x\ndata: {train: t}\nbackbones: [pixels]\nhedas: [logreg]\n",
+     r"unknown key 'hedas' in the top level \(did you mean 'heads'\?\)"),
+    ("name: x\ndata: {train: t, tset: u}\nbackbones: [pixels]\nheads: [logreg]\n",
+     r"unknown key 'tset' in data \(did you mean 'test'\?\)"),
+    ("name: x\ndata: {train: t}\nbackbones: [pixels]\nheads: [logreg]\nextract: {batch_size: sixty}\n",
+     r"extract.batch_size must be an integer, got 'sixty'"),
+    ("name: x\ndata: {train: t}\nbackbones: pixels\nheads: [logreg]\n",
+     r"backbones must be a non-empty list, got 'pixels'"),
+    ("name: x\ndata: {train: t}\nbackbones: [pixels]\nheads: [logred]\n",
+     r"unknown head 'logred' \(did you mean 'logreg'\?\)"),
+    ("name: x\ndata: {test: t}\nbackbones: [pixels]\nheads: [logreg]\n", r"data needs the key 'train'"),
+    ("name: x\ndata: {train: t}\nbackbones: [pixels]\nheads: [logreg]\nseed: true\n", r"seed must be an integer"),
+    ("name: x\ndata: {train: t, test_fraction: 1.5}\nbackbones: [pixels]\nheads: [logreg]\n",
+     r"test_fraction must lie between 0 and 1"),
+    ("name: !!python/object/apply:os.system [echo hi]\n", r"not valid YAML: could not determine a constructor"),
+    ("name: [unclosed\n", r"line \d+ not valid YAML"),
+])
+def test_bad_pipelines_fail_with_a_message_naming_the_problem(tmp_path, text, message):
+    path = _write(tmp_path, text)
+    with pytest.raises(pipeline.PipelineError, match=message) as info:
+        pipeline.load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_reports_a_pipeline_typo_in_one_line(tmp_path, capsys):
+    path = _write(tmp_path, "name: x\ndata: {train: t}\nbackbones: [pixels]\nheads: [logreg]\nextrct: {}\n")
+    assert main(["run", str(path)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"featx: error: {path}: unknown key 'extrct' in the top level (did you mean 'extract'?)"
+
+
+def test_shipped_pipelines_are_valid():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "pipelines"
+    names = sorted(p.name for p in root.glob("*.yaml"))
+    assert {"hymenoptera.yaml", "cifar10.yaml"} <= set(names)
+    for name in names:
+        p = pipeline.load(root / name)
+        assert p.backbones and p.heads
+
+
+def test_run_writes_the_report_and_a_head_only_change_does_no_extraction(tmp_path, folders, lite0_small):
+    train, test = folders
+    cache = tmp_path / "cache"
+    p = pipeline.load(_write(tmp_path, GOOD.format(train=train, test=test, heads="logreg, knn")))
+    report = pipeline.run(p, tmp_path / "out", cache)
+    for name in ("report.json", "report.md", "report.html", "confusion.png", "efficiency.png"):
+        assert (tmp_path / "out" / name).stat().st_size > 0
+    on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
+    jsonschema.validate(on_disk, SCHEMA)
+    assert [(r["backbone"], r["method"]) for r in on_disk["results"]] == [
+        ("efficientnet_lite0", "logreg"), ("efficientnet_lite0", "knn"), ("pixels", "logreg"), ("pixels", "knn")]
+    assert sum(r["best"] for r in on_disk["results"]) == 1
+    assert all(e["embedded_this_run"] == 20 and e["images"] == 20 for e in report["extraction"])
+    assert all(e["images_per_second"] > 0 for e in report["extraction"])
+    r0 = on_disk["results"][0]
+    assert r0["n_train"] == 12 and 0 <= r0["test_accuracy"] <= 1
+    curve = on_disk["efficiency"][0]
+    assert [pt["per_class"] for pt in curve["points"]] == [1, 2, 6.0] and len(curve["points"][0]["draws"]) == 2
+    html = (tmp_path / "out" / "report.html").read_text()
+    assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
+    assert "<table>" in html and "★" in (tmp_path / "out" / "report.md").read_text()
+    assert sorted(x.name for x in (tmp_path / "out" / "models").iterdir() if x.suffix == ".joblib") == [
+        "efficientnet_lite0__knn.joblib", "efficientnet_lite0__logreg.joblib",
+        "pixels__knn.joblib", "pixels__logreg.joblib"]
+
+    p2 = pipeline.load(_write(tmp_path, GOOD.format(train=train, test=test, heads="nearest_centroid"), "p2.yaml"))
+    again = pipeline.run(p2, tmp_path / "out2", cache)
+    assert all(e["embedded_this_run"] == 0 for e in again["extraction"])
+    assert again["extraction"][0]["images_per_second"] == report["extraction"][0]["images_per_second"]
+    assert [r["method"] for r in again["results"]] == ["nearest_centroid"] * 2
+
+
+def test_without_a_test_source_a_stratified_share_of_train_is_held_out(tmp_path, folders):
+    train, _ = folders
+    text = (f"name: held\ndata: {{train: {train}, test_fraction: 0.25}}\nbackbones: [pixels]\n"
+            "heads: [nearest_centroid]\nextract: {workers: 0}\n")
+    report = pipeline.run(pipeline.load(_write(tmp_path, text)), tmp_path / "out", tmp_path / "cache")
+    assert report["data"]["n_test"] == 3 and report["data"]["n_train"] == 9  # 25 % of 12
+    assert sum(map(sum, report["best"]["confusion_matrix"])) == 3
+    assert {sum(row) for row in report["best"]["confusion_matrix"]} == {1, 2}  # stratified: both classes
+
+
+def test_per_class_subset_is_seeded_and_per_class(tmp_path):
+    from featx.sources import SubsetSource, open_source
+
+    folder = make_folder(tmp_path / "f", {"a": 7, "b": 5})
+    base = open_source(str(folder))
+    s1, s2 = SubsetSource(base, 3, seed=1), SubsetSource(base, 3, seed=1)
+    assert [i.key for i in s1.items] == [i.key for i in s2.items]
+    assert sorted(i.label for i in s1.items) == [0, 0, 0, 1, 1, 1]
+    assert [i.key for i in SubsetSource(base, 3, seed=2).items] != [i.key for i in s1.items]
+    assert s1.spec != base.spec and s1.read(s1.items[0]) == base.read(s1.items[0])

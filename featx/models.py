@@ -48,14 +48,17 @@ def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int 
         X, y = X[labelled], y[labelled]
         val_mask = None if val_mask is None else np.asarray(val_mask)[labelled]
     start = time.perf_counter()
-    model = make_head(head, val_fraction=val_fraction, random_state=seed).fit(X, y, val_mask=val_mask)
+    try:
+        model = make_head(head, val_fraction=val_fraction, random_state=seed).fit(X, y, val_mask=val_mask)
+    except ValueError as exc:  # e.g. a single class
+        raise FeatxError(f"{head}: cannot fit ({exc})") from None
     seconds = time.perf_counter() - start
     metrics = {
         "val_accuracy": model.val_accuracy_,
         "selected_on_validation": model.selected_on_validation_,
         "best_params": {k: _plain(v) for k, v in model.best_params_.items()},
         "val_scores": [{k: _plain(v) for k, v in s.items()} for s in model.val_scores_],
-        "n_train": int(len(y)),
+        "n_train": len(y),
     }
     return model, metrics, seconds
 

@@ -31,7 +31,12 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from sklearn.metrics import balanced_accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+from sklearn.metrics import (
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    precision_recall_fscore_support,
+)
 from sklearn.model_selection import train_test_split
 
 from . import __version__, models, store
@@ -124,6 +129,9 @@ def from_dict(raw, origin: str = "pipeline") -> Pipeline:
             hint = f"did you mean {near[0]!r}?" if near else f"choose from {', '.join(HEADS)}"
             raise PipelineError(f"{origin}: unknown head {name!r} ({hint})")
     data, eff = d["data"], d.get("report", {}).get("efficiency", {})
+    stray = [h for h in eff.get("heads", []) if h not in d["heads"]]
+    if stray:
+        raise PipelineError(f"{origin}: report.efficiency.heads names {', '.join(stray)}, which heads does not list")
     for where, v in (("data.test_fraction", data.get("test_fraction")), ("val_fraction", d.get("val_fraction"))):
         if v is not None and not 0 < v < 1:
             raise PipelineError(f"{origin}: {where} must lie between 0 and 1, got {v}")
@@ -170,7 +178,8 @@ def environment(device: str, precision: str) -> dict:
 
     cpu = platform.processor()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+        with open("/proc/cpuinfo") as fh:
+            cpu = next(line.split(":", 1)[1].strip() for line in fh if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     gpu = torch.cuda.get_device_name(0) if device == "cuda" else None
@@ -220,7 +229,10 @@ def _features(p: Pipeline, sources: dict, backbone: str, cache_dir, progress: bo
     if "test" not in splits:  # hold a stratified share of train out as the test split
         tr = splits["train"]
         idx = np.arange(len(tr.y))
-        a, b = train_test_split(idx, test_size=p.test_fraction, stratify=tr.y, random_state=p.seed)
+        try:
+            a, b = train_test_split(idx, test_size=p.test_fraction, stratify=tr.y, random_state=p.seed)
+        except ValueError as exc:
+            raise PipelineError(f"{p.train}: cannot hold out a stratified test split ({exc})") from None
         a, b = np.sort(a), np.sort(b)
         splits["train"], splits["test"] = (_Split(tr.X[i], tr.y[i], tr.keys[i]) for i in (a, b))
     images = sum(info["rows"] for _, info in results.values())
@@ -284,8 +296,8 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
             val_mask = np.r_[np.zeros(len(tr.y), bool), np.ones(len(splits["val"].y), bool)]
         data = data or {
             "train": p.train, "val": p.val, "test": p.test or f"{p.test_fraction:.0%} of train, stratified, seed {p.seed}",
-            "classes": classes, "n_train": int(len(tr.y)), "n_val": int(val_mask.sum()) if val_mask is not None else 0,
-            "n_test": int(len(te.y)),
+            "classes": classes, "n_train": len(tr.y), "n_val": int(val_mask.sum()) if val_mask is not None else 0,
+            "n_test": len(te.y),
             "validation": "the val source" if p.val else f"a stratified {p.val_fraction:.0%} of train, seed {p.seed}",
         }
         for head in p.heads:

@@ -57,9 +57,9 @@ def summary(report: dict) -> list[str]:
     """Plain-words lines for the top of the report, every number read from the results."""
     rows = report["results"]
     best = next(r for r in rows if r.get("best"))
-    lines = [f"Best (by validation accuracy): {best['backbone']} + {best['method']}, "
-             f"{_pct(best['test_accuracy'])} test accuracy, fitted in {best['fit_seconds']:.1f} s "
-             f"on {best['n_train']} labelled images."]
+    lines = [(f"Best (by validation accuracy): {best['backbone']} + {best['method']}, "
+              f"{_pct(best['test_accuracy'])} test accuracy, fitted in {best['fit_seconds']:.1f} s "
+              f"on {best['n_train']} labelled images.")]
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         if backbone == best["backbone"]:
             continue

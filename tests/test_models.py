@@ -7,13 +7,12 @@ import json
 
 import numpy as np
 import pytest
+from imagegen import make_folder
 
 from featx import models
 from featx.cli import main
 from featx.extract import extract
 from featx.store import load
-
-from imagegen import make_folder
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +33,7 @@ def trained(tmp_path_factory, lite0_small):
 
 
 def test_bundle_records_what_prediction_needs(trained):
-    _, _, store_path, path = trained
+    path = trained[3]
     b = models.load(path)
     assert b["classes"] == ["cats", "dogs"] and b["head"] == "logreg"
     assert b["backbone"]["name"] == "efficientnet_lite0" and len(b["backbone"]["weights_sha256"]) == 64
@@ -100,7 +99,7 @@ def test_train_and_predict_commands(trained, tmp_path, capsys):
 
 
 def test_predict_refuses_a_tampered_model_in_one_line(trained, tmp_path, capsys):
-    tmp, folder, _, path = trained
+    _, folder, _, path = trained
     copy = tmp_path / "m.joblib"
     copy.write_bytes(path.read_bytes() + b"\0")
     (tmp_path / "m.joblib.json").write_bytes(path.with_name(path.name + ".json").read_bytes())

@@ -5,12 +5,11 @@ import json
 
 import jsonschema
 import pytest
+from imagegen import make_folder
 
 from featx import pipeline
 from featx.cli import main
 from featx.report import SCHEMA
-
-from imagegen import make_folder
 
 GOOD = """\
 name: tiny
@@ -133,3 +132,22 @@ def test_per_class_subset_is_seeded_and_per_class(tmp_path):
     assert sorted(i.label for i in s1.items) == [0, 0, 0, 1, 1, 1]
     assert [i.key for i in SubsetSource(base, 3, seed=2).items] != [i.key for i in s1.items]
     assert s1.spec != base.spec and s1.read(s1.items[0]) == base.read(s1.items[0])
+
+
+def test_hymenoptera_pipeline_logreg_reaches_94_percent_and_predict_agrees(hymenoptera, tmp_path):
+    from pathlib import Path
+
+    from featx import models
+
+    p = pipeline.load(Path(__file__).resolve().parents[1] / "pipelines" / "hymenoptera.yaml")
+    assert p.test.endswith("hymenoptera.tar:hymenoptera/val") and p.val is None  # C is chosen inside train
+    p.train, p.test = f"{hymenoptera}:hymenoptera/train", f"{hymenoptera}:hymenoptera/val"
+    p.backbones, p.heads, p.efficiency_heads = ["efficientnet_lite0"], ["logreg"], []
+    report = pipeline.run(p, tmp_path / "out", tmp_path / "cache")
+    row = report["results"][0]
+    assert row["test_accuracy"] >= 0.94 and row["n_train"] == 244
+    assert report["data"]["n_test"] == 153
+    assert row["val_accuracy"] is not None  # chosen on a split of train, not on val
+    b = models.load(tmp_path / "out" / row["model"])
+    pred = models.predict(b, p.test, tmp_path / "cache")
+    assert pred.accuracy == row["test_accuracy"]

@@ -1,0 +1,38 @@
+"""The demo: the whole pipeline offline, on generated textures or the user's images."""
+from __future__ import annotations
+
+import json
+
+from imagegen import make_folder
+
+from featx.cli import main
+from featx.demo import DEMO_BACKBONES, demo_pipeline
+from featx.textures import generate
+
+
+def test_default_demo_data_is_generated_once_into_the_cache(tmp_path):
+    p = demo_pipeline(tmp_path / "cache")
+    root = tmp_path / "cache" / "demo-textures"
+    assert p.train == str(root / "train") and p.test == str(root / "test") and p.val is None
+    assert p.backbones == DEMO_BACKBONES and "pixels" in p.backbones  # the no-transfer baseline
+    stamp = (root / "train" / "stripes" / "stripes_000.png").stat().st_mtime_ns
+    demo_pipeline(tmp_path / "cache")
+    assert (root / "train" / "stripes" / "stripes_000.png").stat().st_mtime_ns == stamp
+
+
+def test_demo_on_user_data_with_train_and_test_folders(tmp_path, capsys):
+    data = generate(tmp_path / "tex", train_per_class=4, test_per_class=2, size=64)
+    out = tmp_path / "report"
+    assert main(["demo", "--data", str(data), "--out", str(out), "--cache", str(tmp_path / "cache")]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip().splitlines()[-1] == f"report: {out / 'report.html'}"
+    report = json.loads((out / "report.json").read_text())
+    assert report["data"]["n_train"] == 40 and report["data"]["n_test"] == 20
+    assert {r["backbone"] for r in report["results"]} == {"efficientnet_lite0", "pixels"}
+    assert "Best (by validation accuracy)" in captured.err
+
+
+def test_demo_on_a_plain_folder_holds_out_a_test_quarter(tmp_path):
+    folder = make_folder(tmp_path / "imgs", {"a": 8, "b": 8})
+    p = demo_pipeline(tmp_path / "cache", str(folder))
+    assert p.train == str(folder) and p.test is None and p.test_fraction == 0.25

@@ -217,7 +217,7 @@ class LinearSVMHead(SweptHead):
         return [{"C": float(c)} for c in np.logspace(-6, -1, 21)]
 
     def _build(self, C):
-        return make_pipeline(StandardScaler(), _RowSpan(), LinearSVC(C=C, max_iter=1000))
+        return make_pipeline(StandardScaler(), _RowSpan(), LinearSVC(C=C, dual=True, max_iter=1000, random_state=self.random_state))
 
 
 class RidgeHead(SweptHead):
@@ -298,10 +298,10 @@ class MLPHead(SweptHead):
 class HGBHead(SweptHead):
     """Histogram gradient boosting with early stopping; learning rate swept."""
 
-    default_index = 1
+    default_index = 0
 
     def _candidates(self, y):
-        return [{"learning_rate": r, "early_stopping": _can_hold_out(y)} for r in (0.05, 0.1, 0.2)]
+        return [{"learning_rate": r, "early_stopping": _can_hold_out(y)} for r in (0.1, 0.3)]
 
     def _build(self, learning_rate, early_stopping):
         return HistGradientBoostingClassifier(

@@ -33,9 +33,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-HEAD_NAMES = ("logreg", "linear_svm", "ridge", "knn", "nearest_centroid", "mlp", "hgb")
-
-
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="featx", description="Frozen pretrained features for image collections.")
     p.add_argument("--version", action="version", version=f"featx {__version__}")
@@ -57,7 +54,8 @@ def _parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train", help="fit one head (with its hyper-parameter sweep) on a store; writes a model file")
     t.add_argument("--features", required=True, metavar="STORE", help="a store's path, or its name in the cache")
-    t.add_argument("--head", required=True, metavar="NAME", help=", ".join(HEAD_NAMES))
+    t.add_argument("--head", required=True, metavar="NAME",
+                   help="logreg, knn, ... (see the README; an unknown name lists them all)")
     t.add_argument("--val", metavar="STORE", help="a store of validation images (default: a split of --features)")
     t.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
                    help="share of --features held out for validation when there is no --val (default 0.2)")

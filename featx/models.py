@@ -175,7 +175,6 @@ def predict(b: dict, data, cache_dir: str | os.PathLike = "cache", *, weights: s
     """Classify every image of ``data`` with a bundle: backbone (through the store), then head."""
     from .backbones import load_backbone
     from .extract import extract
-    from .sources import open_source
 
     ident = b["backbone"]
     backbone = load_backbone(ident["name"], weights=weights, layers=ident["layers"],
@@ -185,8 +184,7 @@ def predict(b: dict, data, cache_dir: str | os.PathLike = "cache", *, weights: s
             f"{ident['name']}: these weights (SHA-256 {backbone.weights_sha256[:12]}) are not the ones the model "
             f"was trained on ({ident['weights']}, {ident['weights_sha256'][:12]}); pass that file with --weights"
         )
-    source = open_source(data) if not hasattr(data, "items") else data
-    result = extract(source, backbone, cache_dir, batch_size=batch_size, precision=b["precision"],
+    result = extract(data, backbone, cache_dir, batch_size=batch_size, precision=b["precision"],
                      device=device, workers=workers, progress=progress)
     X, y, keys, classes = store.load(result.path, b["layer"])
     skipped = [(s["key"], s["reason"]) for s in store.info(result.path)["skipped"]]

@@ -12,6 +12,7 @@ heads does no extraction. Relative data paths are read from the directory featx 
       # per_class: {train: 500, test: 200}   a seeded random subset of each split
     backbones: [efficientnet_lite0, pixels]
     extract: {image_size: 224, batch_size: 64, precision: auto, device: auto, workers: 2}
+    # (image_size is the networks' input; the pixels baseline stays at 32 x 32)
     heads: [logreg, linear_svm, knn]
     seed: 0
     val_fraction: 0.2
@@ -208,10 +209,11 @@ class _Split:
 
 def _features(p: Pipeline, sources: dict, backbone: str, cache_dir, progress: bool):
     """Train (+ val) and test arrays for one backbone, labels in the train classes."""
-    from .backbones import load_backbone
+    from .backbones import PIXELS, load_backbone
     from .extract import extract
 
-    bb = load_backbone(backbone, image_size=p.extract.get("image_size"))
+    size = None if backbone == PIXELS else p.extract.get("image_size")  # the baseline stays at 32 px
+    bb = load_backbone(backbone, image_size=size)
     ex = {k: p.extract[k] for k in ("batch_size", "precision", "device", "workers") if k in p.extract}
     results, arrays, skipped = {}, {}, []
     for split, src in sources.items():

@@ -94,6 +94,8 @@ def test_run_writes_the_report_and_a_head_only_change_does_no_extraction(tmp_pat
     assert sum(r["best"] for r in on_disk["results"]) == 1
     assert all(e["embedded_this_run"] == 20 and e["images"] == 20 for e in report["extraction"])
     assert all(e["images_per_second"] > 0 for e in report["extraction"])
+    # image_size is the network's input; the raw-pixel baseline stays 32 x 32 x 3
+    assert [e["dim"] for e in report["extraction"]] == [1280, 3072]
     r0 = on_disk["results"][0]
     assert r0["n_train"] == 12 and 0 <= r0["test_accuracy"] <= 1
     curve = on_disk["efficiency"][0]

@@ -8,6 +8,7 @@ import sys
 
 from . import __version__
 from .errors import FeatxError
+from .store import DEFAULT_LAYER
 
 DEFAULT_CACHE = os.environ.get("FEATX_CACHE", "cache")
 
@@ -59,7 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--val", metavar="STORE", help="a store of validation images (default: a split of --features)")
     t.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
                    help="share of --features held out for validation when there is no --val (default 0.2)")
-    t.add_argument("--layer", default="embedding", metavar="NAME", help="which stored features to use")
+    t.add_argument("--layer", default=DEFAULT_LAYER, metavar="NAME", help="which stored features to use")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR")
     t.add_argument("--out", required=True, metavar="FILE", help="model file to write (a .json sidecar goes beside it)")

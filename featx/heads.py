@@ -122,11 +122,6 @@ class SweptHead(ClassifierMixin, BaseEstimator):
             return self.model_.predict_proba(X)
         return softmax(_decision_2d(self.model_, X) / self.temperature_, axis=1)
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.input_tags.allow_nan = False
-        return tags
-
 
 def _indices(classes, y) -> np.ndarray:
     return np.searchsorted(classes, y)

@@ -215,7 +215,7 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     figs = _figures(report)
-    files = {name: data for name, data in figs.items()}
+    files = dict(figs)
     files["report.json"] = (json.dumps(report, indent=2) + "\n").encode()
     files["report.md"] = to_markdown(report, figs).encode()
     files["report.html"] = to_html(report, figs).encode()

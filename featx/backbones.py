@@ -21,9 +21,9 @@ import os
 import re
 import socket
 import urllib.request
-from unittest import mock
 from dataclasses import dataclass, field
 from pathlib import Path
+from unittest import mock
 from urllib.parse import urlparse
 
 import torch
@@ -58,6 +58,7 @@ BUILTIN: dict[str, BuiltinWeights] = {
 
 
 PIXELS = "pixels"  # the no-transfer baseline: raw pixels, flattened
+RANDOM_INIT = "random initialisation"  # the weights of a network built with pretrained=False
 
 
 @dataclass
@@ -74,6 +75,7 @@ class Backbone:
     weights: str  # where the weights came from, in words
     weights_sha256: str
     layers: tuple[str, ...] = ()
+    classifier: str = ""  # where the network's classifier sat (now an identity); "" if it has none
     dims: dict[str, int] = field(default_factory=dict)
     _captured: dict[str, torch.Tensor] = field(default_factory=dict, repr=False)
 
@@ -181,7 +183,7 @@ def _fit_state_dict(model: nn.Module, sd: dict, origin: str, classifier: str, po
         if len(sd) != len(own) or any(a.shape != b.shape for a, b in zip(sd.values(), own.values())):
             raise BackboneError(f"{origin}: its tensors do not line up with {type(model).__name__}")
         sd = dict(zip(own, sd.values()))
-    in_head = lambda k: classifier and (k == classifier or k.startswith(classifier + "."))  # noqa: E731
+    in_head = lambda k: classifier and (k == classifier or k.startswith(classifier + "."))
     sd = {k: v for k, v in sd.items() if not (in_head(k) and k in own and own[k].shape != v.shape)}
     missing = [k for k in own if k not in sd and not in_head(k)]
     removed = tuple(f"{n}." for n, m in model._modules.items() if m is None)  # e.g. googlenet's aux1
@@ -280,11 +282,14 @@ def _timm_preprocessing(model: nn.Module) -> Preprocessing:
     )
 
 
-def _builtin(name: str, weights: str | None) -> tuple[nn.Module, str, str]:
+def _builtin(name: str, weights: str | None, pretrained: bool = True) -> tuple[nn.Module, str, str]:
     import timm
 
     spec = BUILTIN[name]
     model = timm.create_model(spec.architecture, pretrained=False)
+    if not pretrained:
+        model.reset_classifier(0)
+        return model, RANDOM_INIT, ""
     if weights:
         sd, origin = load_state_dict_file(weights), str(weights)
     else:
@@ -303,13 +308,16 @@ def _builtin(name: str, weights: str | None) -> tuple[nn.Module, str, str]:
     return model, origin, sha256_file(weights)
 
 
-def _timm(name: str, weights: str | None) -> tuple[nn.Module, str, str]:
+def _timm(name: str, weights: str | None, pretrained: bool = True) -> tuple[nn.Module, str, str]:
     import timm
     from timm.models import get_pretrained_cfg
 
     if not timm.is_model(name):
         raise BackboneError(f"timm:{name}: timm has no such model (see timm.list_models())")
     model = timm.create_model(name, pretrained=False)
+    if not pretrained:
+        model.reset_classifier(0)
+        return model, RANDOM_INIT, ""
     if weights:
         path, origin = Path(weights), str(weights)
     else:
@@ -324,7 +332,7 @@ def _timm(name: str, weights: str | None) -> tuple[nn.Module, str, str]:
     return model, origin, sha256_file(path)
 
 
-def _torchvision(name: str, weights: str | None) -> tuple[nn.Module, str, str, Preprocessing]:
+def _torchvision(name: str, weights: str | None, pretrained: bool = True) -> tuple[nn.Module, str, str, Preprocessing, str]:
     import torchvision
     from torchvision.transforms import InterpolationMode
 
@@ -338,21 +346,25 @@ def _torchvision(name: str, weights: str | None) -> tuple[nn.Module, str, str, P
         raise BackboneError(
             f"torchvision:{name}: no weights named {enum_name!r}; choose from {', '.join(enum.__members__)}"
         ) from None
-    if weights:
+    model = _tv_build(arch, tv_weights)
+    head = _last_linear(model)
+    if not pretrained:
+        path, origin, digest = None, RANDOM_INIT, ""
+    elif weights:
         path, origin = Path(weights), str(weights)
     else:
         path = _fetch_url(tv_weights.url, f"torchvision:{arch}")
         origin = f"torchvision {tv_weights}"
-    model = _tv_build(arch, tv_weights)
-    head = _last_linear(model)
-    _fit_state_dict(model, load_state_dict_file(path), origin, head)
+    if path is not None:
+        _fit_state_dict(model, load_state_dict_file(path), origin, head)
+        digest = sha256_file(path)
     parent, _, attr = head.rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
     t = tv_weights.transforms()
     crop, resize = t.crop_size[0], t.resize_size[0]
     interp = t.interpolation.value if isinstance(t.interpolation, InterpolationMode) else "bilinear"
     pre = Preprocessing(crop, crop / resize, interp, tuple(t.mean), tuple(t.std))
-    return model, origin, sha256_file(path), pre
+    return model, origin, digest, pre, head
 
 
 def _tv_build(arch: str, tv_weights) -> nn.Module:
@@ -380,25 +392,34 @@ def load_backbone(
     weights: str | os.PathLike | None = None,
     layers: list[str] | tuple[str, ...] = (),
     image_size: int | None = None,
+    pretrained: bool = True,
 ) -> Backbone:
-    """Build a frozen backbone by name (see the module docstring for the names)."""
+    """Build a frozen backbone by name (see the module docstring for the names).
+
+    ``pretrained=False`` builds the same architecture, with the same preprocessing, from
+    random initialisation (seeded by torch's global generator): the from-scratch baseline.
+    """
     weights = os.fspath(weights) if weights is not None else None
     if weights is not None and not Path(weights).is_file():
         raise BackboneError(f"{weights}: no such weights file")
+    if weights is not None and not pretrained:
+        raise BackboneError(f"{name}: a random initialisation takes no weights file")
     if name in BUILTIN:
-        model, origin, digest = _builtin(name, weights)
+        model, origin, digest = _builtin(name, weights, pretrained)
         arch, pre = BUILTIN[name].architecture, _timm_preprocessing(model)
+        classifier = model.pretrained_cfg["classifier"]
     elif name.startswith("timm:"):
         arch = name.removeprefix("timm:")
-        model, origin, digest = _timm(arch, weights)
+        model, origin, digest = _timm(arch, weights, pretrained)
         pre = _timm_preprocessing(model)
+        classifier = model.pretrained_cfg.get("classifier") or ""
     elif name.startswith("torchvision:"):
-        model, origin, digest, pre = _torchvision(name.removeprefix("torchvision:"), weights)
+        model, origin, digest, pre, classifier = _torchvision(name.removeprefix("torchvision:"), weights, pretrained)
         arch = name.removeprefix("torchvision:").partition(":")[0]
     elif name == PIXELS:
         if weights is not None:
             raise BackboneError(f"{PIXELS}: has no weights to load")
-        model, origin, digest, arch = nn.Flatten(), "none", "", PIXELS
+        model, origin, digest, arch, classifier = nn.Flatten(), "none", "", PIXELS, ""
         pre = Preprocessing(32, 1.0, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
     else:
         raise BackboneError(
@@ -412,4 +433,5 @@ def load_backbone(
         weights=origin,
         weights_sha256=digest,
         layers=tuple(layers),
+        classifier=classifier,
     )

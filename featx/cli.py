@@ -76,6 +76,33 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pr.add_argument("--workers", type=_non_negative, metavar="N")
 
+    f = sub.add_parser("finetune", help="fine-tune a backbone end-to-end (or train it from scratch); writes "
+                       "DIR/model.pt and DIR/metrics.json")
+    f.add_argument("--data", required=True, metavar="SRC", help="training images (labelled by folder)")
+    f.add_argument("--backbone", required=True, metavar="NAME")
+    f.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoints, model.pt, metrics.json")
+    f.add_argument("--val", metavar="SRC", help="validation images (default: --val-fraction of --data)")
+    f.add_argument("--test", metavar="SRC", help="test images, scored once with the best epoch")
+    f.add_argument("--strategy", default="lp_ft", metavar="NAME",
+                   help="what trains: lp_ft (default), full, last_k or head (see the README)")
+    f.add_argument("--scratch", action="store_true", help="random initialisation instead of the pretrained weights")
+    f.add_argument("--epochs", type=_positive, default=10, metavar="N")
+    f.add_argument("--batch-size", type=_positive, default=32, metavar="N")
+    f.add_argument("--accumulate", type=_positive, default=1, metavar="N", help="batches per optimizer step")
+    f.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
+    f.add_argument("--lr", type=float, metavar="LR", help="the classifier's learning rate (default 1e-3 AdamW, 1e-2 SGD)")
+    f.add_argument("--last-k", type=_positive, default=2, metavar="K", help="stages trained by --strategy last_k")
+    f.add_argument("--patience", type=_positive, default=3, metavar="N", help="epochs without improvement before stopping")
+    f.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F")
+    f.add_argument("--image-size", type=_positive, metavar="N")
+    f.add_argument("--weights", metavar="FILE", help="local state dict for the backbone")
+    f.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
+    f.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    f.add_argument("--workers", type=_non_negative, metavar="N")
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--resume", action="store_true", help="continue the interrupted run in --out")
+    f.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help="store for lp_ft's frozen features")
+
     r = sub.add_parser("run", help="run a YAML pipeline; writes report.json, report.md and report.html")
     r.add_argument("pipeline", metavar="PIPELINE.yaml")
     r.add_argument("--out", metavar="DIR", help="output folder (default: reports/<pipeline name>)")
@@ -150,6 +177,24 @@ def _predict(args) -> int:
     print(f"{len(result.keys)} images labelled, {len(result.skipped)} skipped"
           + ("" if acc is None else f"; accuracy against their folder labels {100 * acc:.2f} %"), file=sys.stderr)
     print(path)
+    return 0
+
+
+def _finetune(args) -> int:
+    from .finetune import Settings, finetune
+
+    settings = Settings(strategy="full" if args.scratch else args.strategy, pretrained=not args.scratch,
+                        epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
+                        optimizer=args.optimizer, lr=args.lr, last_k=args.last_k, patience=args.patience,
+                        image_size=args.image_size, precision=args.precision, val_fraction=args.val_fraction,
+                        seed=args.seed)
+    r = finetune(args.data, args.backbone, args.out, val=args.val, test=args.test, settings=settings,
+                 weights=args.weights, cache_dir=args.cache, device=args.device, workers=args.workers,
+                 resume=args.resume, progress=True, log=_log)
+    test = "" if r.test is None else f", test accuracy {100 * r.test['test_accuracy']:.2f} %"
+    print(f"{r.method}: best epoch {r.best_epoch} of {r.epochs_run}, validation accuracy {100 * r.val_accuracy:.1f} %"
+          f"{test}; {r.seconds:.0f} s, training at {r.train_images_per_second:.1f} images/s", file=sys.stderr)
+    print(r.model)
     return 0
 
 
@@ -230,7 +275,7 @@ def _cache(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        commands = {"extract": _extract, "train": _train, "predict": _predict, "run": _run, "demo": _demo, "cache": _cache}
+        commands = {"extract": _extract, "train": _train, "predict": _predict, "finetune": _finetune, "run": _run, "demo": _demo, "cache": _cache}
         return commands[args.command](args)
     except FeatxError as exc:
         print(f"featx: error: {exc}", file=sys.stderr)

@@ -102,13 +102,7 @@ class SweptHead(ClassifierMixin, BaseEstimator):
             if len(np.unique(y[~val_mask])) < 2:
                 raise ValueError("the training rows (outside val_mask) hold fewer than 2 classes")
             return np.flatnonzero(~val_mask), np.flatnonzero(val_mask)
-        _, counts = np.unique(y, return_counts=True)
-        n_val = max(len(counts), round(self.val_fraction * len(y)))
-        if counts.min() < 2 or len(y) - n_val < len(counts):
-            return None
-        idx = np.arange(len(y))
-        tr, va = train_test_split(idx, test_size=n_val, stratify=y, random_state=self.random_state)
-        return np.sort(tr), np.sort(va)
+        return validation_split(y, self.val_fraction, self.random_state)
 
     def predict(self, X):
         check_is_fitted(self)
@@ -121,6 +115,18 @@ class SweptHead(ClassifierMixin, BaseEstimator):
         if hasattr(self.model_, "predict_proba"):
             return self.model_.predict_proba(X)
         return softmax(_decision_2d(self.model_, X) / self.temperature_, axis=1)
+
+
+def validation_split(y, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(train rows, validation rows): a stratified ``fraction`` of ``y`` drawn with ``seed``,
+    at least one row per class; None when a class has fewer than two rows."""
+    y = np.asarray(y)
+    _, counts = np.unique(y, return_counts=True)
+    n_val = max(len(counts), round(fraction * len(y)))
+    if counts.min() < 2 or len(y) - n_val < len(counts):
+        return None
+    tr, va = train_test_split(np.arange(len(y)), test_size=n_val, stratify=y, random_state=seed)
+    return np.sort(tr), np.sort(va)
 
 
 def _indices(classes, y) -> np.ndarray:

@@ -63,6 +63,17 @@ def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int 
     return model, metrics, seconds
 
 
+def classification_metrics(y_true, y_pred) -> dict:
+    """Test accuracy, balanced accuracy and macro-F1 of predictions."""
+    from sklearn.metrics import balanced_accuracy_score, f1_score
+
+    return {
+        "test_accuracy": float(np.mean(y_true == y_pred)),
+        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+    }
+
+
 def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
 
@@ -101,6 +112,10 @@ def save(b: dict, path: str | os.PathLike) -> Path:
 
 def load(path: str | os.PathLike) -> dict:
     """Read a bundle, after checking its bytes against the SHA-256 in its sidecar."""
+    from .finetune import is_model_file, load_model
+
+    if is_model_file(path):  # a fine-tuned network: its own classifier on its features
+        return load_model(path)
     path = Path(path)
     side = _sidecar(path)
     try:
@@ -177,6 +192,7 @@ def predict(b: dict, data, cache_dir: str | os.PathLike = "cache", *, weights: s
     from .extract import extract
 
     ident = b["backbone"]
+    weights = weights or b.get("weights_file")
     backbone = load_backbone(ident["name"], weights=weights, layers=ident["layers"],
                              image_size=ident["preprocessing"]["image_size"])
     if backbone.identity()["weights_sha256"] != ident["weights_sha256"]:

@@ -18,6 +18,13 @@ heads does no extraction. Relative data paths are read from the directory featx 
     val_fraction: 0.2
     report:
       efficiency: {shots: [1, 2, 5, 10, 25], draws: 5, heads: [logreg, knn, nearest_centroid]}
+    finetune:                # optional: train the networks themselves, same splits
+      strategies: [lp_ft]    # lp_ft, full, last_k, head
+      epochs: 10
+      shots: [5, 20]         # also fine-tuned on this many images per class (one draw each)
+      # backbones, batch_size, accumulate, optimizer, lr, last_k, patience, image_size, precision
+    scratch: {}              # optional: the same network from random weights; every setting
+                             # it does not name is the finetune stage's
 """
 from __future__ import annotations
 
@@ -32,17 +39,13 @@ from pathlib import Path
 
 import numpy as np
 import yaml
-from sklearn.metrics import (
-    balanced_accuracy_score,
-    confusion_matrix,
-    f1_score,
-    precision_recall_fscore_support,
-)
+from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 
 from . import __version__, models, store
 from .errors import FeatxError
 from .heads import HEADS
+from .report import method_label, write_report
 
 CHEAP_HEADS = ("logreg", "knn", "nearest_centroid", "ridge")  # fast enough for many small fits
 
@@ -51,6 +54,9 @@ class PipelineError(FeatxError):
     """A pipeline file that cannot be read or does not follow the schema."""
 
 
+_TRAINING = {"backbones": [str], "epochs": int, "batch_size": int, "accumulate": int, "optimizer": ("adamw", "sgd"),
+             "lr": float, "patience": int, "image_size": int, "precision": ("auto", "fp32", "bf16", "fp16"),
+             "shots": [int]}
 _SCHEMA = {
     "name": str,
     "data": {"train": str, "val": str, "test": str, "test_fraction": float,
@@ -62,9 +68,10 @@ _SCHEMA = {
     "seed": int,
     "val_fraction": float,
     "report": {"efficiency": {"shots": [int], "draws": int, "heads": [str]}},
+    "finetune": {**_TRAINING, "strategies": [("lp_ft", "full", "last_k", "head")], "last_k": int},
+    "scratch": _TRAINING,
 }
 _REQUIRED = {"": ("name", "data", "backbones", "heads"), "data": ("train",)}
-_LATER = {"finetune", "scratch"}
 _TYPE_WORDS = {str: "a string", int: "an integer", float: "a number"}
 
 
@@ -84,6 +91,8 @@ class Pipeline:
     draws: int = 5
     efficiency_heads: list[str] | None = None  # None: the cheap ones among ``heads``
     per_class: dict = field(default_factory=dict)  # split -> images per class (a seeded subset)
+    finetune: dict | None = None  # the finetune stage's settings, None: no fine-tuning
+    scratch: dict | None = None  # the scratch stage's own settings (the rest: finetune's)
 
 
 def _check(value, schema, where: str, origin: str):
@@ -96,8 +105,6 @@ def _check(value, schema, where: str, origin: str):
             raise PipelineError(f"{origin}: {label} must be a mapping of keys, got {type(value).__name__}")
         for key in value:
             if not isinstance(key, str) or key not in schema:
-                if where == "" and key in _LATER:
-                    raise PipelineError(f"{origin}: the {key!r} stage is not available in featx {__version__} yet")
                 near = difflib.get_close_matches(str(key), list(schema), n=1)
                 hint = f" (did you mean {near[0]!r}?)" if near else f"; known keys: {', '.join(schema)}"
                 raise PipelineError(f"{origin}: unknown key {key!r} in {label}{hint}")
@@ -137,9 +144,16 @@ def from_dict(raw, origin: str = "pipeline") -> Pipeline:
         if v is not None and not 0 < v < 1:
             raise PipelineError(f"{origin}: {where} must lie between 0 and 1, got {v}")
     for key, v in [*d.get("extract", {}).items(), *data.get("per_class", {}).items(), ("report.efficiency.draws", eff.get("draws", 1)),
-                   *(("report.efficiency.shots", s) for s in eff.get("shots", []))]:
+                   *(("report.efficiency.shots", s) for s in eff.get("shots", [])),
+                   *((f"{st}.{k}", v) for st in ("finetune", "scratch") for k, v in (d.get(st) or {}).items()
+                     if k != "lr"),
+                   *((f"{st}.shots", v) for st in ("finetune", "scratch") for v in (d.get(st) or {}).get("shots", []))]:
         if isinstance(v, int) and v < (0 if key == "workers" else 1):
             raise PipelineError(f"{origin}: {key} must be at least {0 if key == 'workers' else 1}, got {v}")
+    for st in ("finetune", "scratch"):
+        lr = (d.get(st) or {}).get("lr")
+        if lr is not None and not lr > 0:
+            raise PipelineError(f"{origin}: {st}.lr must be positive, got {lr}")
     if not re.fullmatch(r"[\w.-]+", d["name"]):
         raise PipelineError(f"{origin}: name {d['name']!r} may hold only letters, digits, '_', '.' and '-'")
     p = Pipeline(name=d["name"], train=data["train"], val=data.get("val"), test=data.get("test"),
@@ -150,6 +164,11 @@ def from_dict(raw, origin: str = "pipeline") -> Pipeline:
     p.per_class = data.get("per_class", {})
     p.shots = sorted(set(eff.get("shots", p.shots)))
     p.draws = eff.get("draws", p.draws)
+    p.finetune, p.scratch = d.get("finetune"), d.get("scratch")
+    for stage in ("finetune", "scratch"):
+        for name in (d.get(stage) or {}).get("backbones", []):
+            if name not in p.backbones:
+                raise PipelineError(f"{origin}: {stage}.backbones names {name!r}, which backbones does not list")
     return p
 
 
@@ -189,14 +208,6 @@ def environment(device: str, precision: str) -> dict:
         "timm": timm.__version__, "scikit-learn": sklearn.__version__, "numpy": np.__version__,
         "platform": platform.platform(), "cpu": cpu, "cores": len(os.sched_getaffinity(0)),
         "device": device, "gpu": gpu, "precision": precision,
-    }
-
-
-def _metrics(y_true, y_pred) -> dict:
-    return {
-        "test_accuracy": float(np.mean(y_true == y_pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(y_true, y_pred)),
-        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
     }
 
 
@@ -246,6 +257,7 @@ def _features(p: Pipeline, sources: dict, backbone: str, cache_dir, progress: bo
         "images_per_second": round(sum(t.get("images", 0) for t in made) / secs, 2) if secs else None,
         "embedded_this_run": sum(r.embedded for r, _ in results.values()),
         "precision": r0.precision, "device": r0.device, "dim": int(splits["train"].X.shape[1]),
+        "image_size": info0["provenance"]["backbone"]["preprocessing"]["image_size"],
         "stores": {s: str(r.path) for s, (r, _) in results.items()},
     }
     return splits, classes, extraction, skipped, info0["provenance"]
@@ -273,7 +285,6 @@ def _efficiency(p: Pipeline, backbone: str, head: str, X, y, test: _Split, main:
 def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = "cache",
         progress: bool = False, log=lambda message: None) -> dict:
     """Run a pipeline; writes the fitted models and the report files under ``out_dir``."""
-    from .report import write_report
     from .sources import SubsetSource, open_source
 
     out = Path(out_dir)
@@ -306,31 +317,40 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
             log(f"{backbone}: fitting {head}")
             model, vm, seconds = models.fit(X, y, head, val_mask=val_mask, val_fraction=p.val_fraction, seed=p.seed)
             y_pred = model.predict(te.X)
-            model_file = out / "models" / f"{_safe(backbone)}__{head}.joblib"
+            model_file = out / "models" / f"{store.slug(backbone)}__{head}.joblib"
             models.save(models.bundle(model, head, provenance, classes, store.DEFAULT_LAYER,
                                       {**vm, "fit_seconds": round(seconds, 3)}), model_file)
             row = {"dataset": p.name, "backbone": backbone, "method": head, "n_train": vm["n_train"],
-                   **_metrics(te.y, y_pred), "fit_seconds": round(seconds, 3), "val_accuracy": vm["val_accuracy"],
+                   **models.classification_metrics(te.y, y_pred), "fit_seconds": round(seconds, 3), "val_accuracy": vm["val_accuracy"],
                    "best_params": vm["best_params"], "model": str(model_file.relative_to(out))}
             results.append(row)
             details[(backbone, head)] = (te.y, y_pred)
             if head in eff_heads:
                 log(f"{backbone}: data efficiency of {head}")
                 efficiency.append(_efficiency(p, backbone, head, X, y, te, row))
+        if p.finetune is not None or p.scratch is not None:
+            from .pipeline_finetune import run_stages
+
+            ex_opts = {k: p.extract[k] for k in ("batch_size", "precision", "device", "workers") if k in p.extract}
+            rows, curves, more = run_stages(p, backbone, sources, splits, out, cache_dir, ex_opts, progress, log)
+            results += rows
+            efficiency += curves
+            details.update(more)
     best = max(results, key=lambda r: -1.0 if r["val_accuracy"] is None else r["val_accuracy"])
     for r in results:
         r["best"] = r is best
-    y_true, y_best = details[(best["backbone"], best["method"])]
+    y_true, y_best = details[(best["backbone"], method_label(best))]
     prec, rec, f1, support = precision_recall_fscore_support(y_true, y_best, labels=range(len(classes)), zero_division=0)
     report = {
         "name": p.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - started, 1),
         "data": data,
-        "protocol": ("hyper-parameters chosen on the validation split, the chosen model refit on train + "
-                     "validation, the test split scored once; best = highest validation accuracy"),
+        "protocol": ("heads: hyper-parameters chosen on the validation split, the chosen model refit on train + "
+                     "validation; trained networks: the epoch chosen on the validation split, trained on train only; "
+                     "the test split scored once; best = highest validation accuracy"),
         "results": results,
-        "best": {"backbone": best["backbone"], "method": best["method"],
+        "best": {"backbone": best["backbone"], "method": method_label(best),
                  "confusion_matrix": confusion_matrix(y_true, y_best, labels=range(len(classes))).tolist(),
                  "per_class": [{"class": c, "precision": float(a), "recall": float(b), "f1": float(f),
                                 "support": int(s)} for c, a, b, f, s in zip(classes, prec, rec, f1, support)]},
@@ -341,7 +361,3 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
     }
     write_report(report, out)
     return report
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^\w.-]+", "-", name)

@@ -234,6 +234,20 @@ class SubsetSource(Source):
         return self.base.read(item)
 
 
+class KeysSource(Source):
+    """The items of another source whose keys are listed, in the base's order: one split of
+    it (``tag`` names the split in ``spec``)."""
+
+    def __init__(self, base: Source, keys, tag: str):
+        super().__init__(spec=f"{base.spec}#{tag}", name=f"{base.name}-{tag}", classes=list(base.classes))
+        self.base = base
+        wanted = set(keys)
+        self.items = [it for it in base.items if it.key in wanted]
+
+    def read(self, item: Item) -> bytes:
+        return self.base.read(item)
+
+
 def open_source(spec: str | os.PathLike) -> Source:
     """Open a data source from its command-line spelling.
 

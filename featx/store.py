@@ -174,8 +174,12 @@ def write_lock(store_path: Path):
 # --- whole stores ---------------------------------------------------------------------------
 
 
+def slug(name: str) -> str:
+    """``name`` made safe as a file name: runs of other characters become one '-'."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-") or "x"
+
+
 def store_path_for(cache_dir: str | os.PathLike, source_name: str, backbone_name: str, key: str) -> Path:
-    slug = lambda s: re.sub(r"[^A-Za-z0-9._-]+", "-", s).strip("-") or "x"  # noqa: E731
     return Path(cache_dir) / f"{slug(source_name)}__{slug(backbone_name)}__{key[:12]}{SUFFIX}"
 
 

@@ -15,6 +15,8 @@ def test_default_demo_data_is_generated_once_into_the_cache(tmp_path):
     root = tmp_path / "cache" / "demo-textures"
     assert p.train == str(root / "train") and p.test == str(root / "test") and p.val is None
     assert p.backbones == DEMO_BACKBONES and "pixels" in p.backbones  # the no-transfer baseline
+    assert p.finetune["strategies"] == ["lp_ft"] and p.scratch == {}  # a short fine-tune, and the same from scratch
+    assert p.extract["image_size"] == 96  # the textures' own size
     stamp = (root / "train" / "stripes" / "stripes_000.png").stat().st_mtime_ns
     demo_pipeline(tmp_path / "cache")
     assert (root / "train" / "stripes" / "stripes_000.png").stat().st_mtime_ns == stamp
@@ -29,6 +31,8 @@ def test_demo_on_user_data_with_train_and_test_folders(tmp_path, capsys):
     report = json.loads((out / "report.json").read_text())
     assert report["data"]["n_train"] == 40 and report["data"]["n_test"] == 20
     assert {r["backbone"] for r in report["results"]} == {"efficientnet_lite0", "pixels"}
+    assert [(r["method"], r["image_size"]) for r in report["results"] if "epochs_run" in r] == [
+        ("finetune", 224), ("scratch", 224)]  # your images at the weights' own resolution
     assert "Best (by validation accuracy)" in captured.err
 
 

@@ -9,7 +9,7 @@ from imagegen import make_folder
 
 from featx import pipeline
 from featx.cli import main
-from featx.report import SCHEMA
+from featx.report import SCHEMA, summary
 
 GOOD = """\
 name: tiny
@@ -145,6 +145,7 @@ def test_hymenoptera_pipeline_logreg_reaches_94_percent_and_predict_agrees(hymen
     assert p.test.endswith("hymenoptera.tar:hymenoptera/val") and p.val is None  # C is chosen inside train
     p.train, p.test = f"{hymenoptera}:hymenoptera/train", f"{hymenoptera}:hymenoptera/val"
     p.backbones, p.heads, p.efficiency_heads = ["efficientnet_lite0"], ["logreg"], []
+    p.finetune = p.scratch = None  # the trained networks: see the slow test below
     report = pipeline.run(p, tmp_path / "out", tmp_path / "cache")
     row = report["results"][0]
     assert row["test_accuracy"] >= 0.94 and row["n_train"] == 244
@@ -153,3 +154,57 @@ def test_hymenoptera_pipeline_logreg_reaches_94_percent_and_predict_agrees(hymen
     b = models.load(tmp_path / "out" / row["model"])
     pred = models.predict(b, p.test, tmp_path / "cache")
     assert pred.accuracy == row["test_accuracy"]
+
+
+def test_finetune_and_scratch_stages_join_the_heads_in_one_report(tmp_path, folders, lite0_small):
+    train, test = folders
+    text = GOOD.format(train=train, test=test, heads="logreg") + (
+        "finetune: {strategies: [lp_ft, head], epochs: 2, batch_size: 4, shots: [2]}\nscratch: {epochs: 1}\n")
+    logs = []
+    p = pipeline.load(_write(tmp_path, text))
+    report = pipeline.run(p, tmp_path / "out", tmp_path / "cache", log=logs.append)
+    jsonschema.validate(json.loads((tmp_path / "out" / "report.json").read_text()), SCHEMA)
+    nets = [r for r in report["results"] if r["method"] in ("finetune", "scratch")]
+    assert [(r["backbone"], r["method"], r.get("strategy")) for r in nets] == [
+        ("efficientnet_lite0", "finetune", "lp_ft"), ("efficientnet_lite0", "finetune", "head"),
+        ("efficientnet_lite0", "scratch", None)]  # not the raw-pixel baseline: it has no network
+    assert [r["epochs_run"] for r in nets] == [2, 2, 1]  # scratch's own epochs, the rest from finetune
+    for r in nets:
+        assert r["n_train"] == 12 and r["image_size"] == 64 and r["train_images_per_second"] > 0
+        metrics = json.loads((tmp_path / "out" / r["model"]).with_name("metrics.json").read_text())
+        assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (10, 2, 8)  # the heads' splits
+        assert metrics["test"]["test_accuracy"] == r["test_accuracy"]
+    curves = {(c["method"], c.get("strategy")): [pt["per_class"] for pt in c["points"]] for c in report["efficiency"]}
+    assert curves[("finetune", "lp_ft")] == curves[("scratch", None)] == [2, 6.0]
+    top = summary(report)[0]
+    lp = nets[0]
+    assert top.startswith("efficientnet_lite0, frozen features + logreg: ")
+    assert f"fine-tuning (lp_ft): {100 * lp['test_accuracy']:.1f} %" in top
+    assert f"from scratch: {100 * nets[2]['test_accuracy']:.1f} %" in top
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "## Trained networks" in md and "finetune (lp_ft)" in md
+
+    logs.clear()
+    again = pipeline.run(p, tmp_path / "out", tmp_path / "cache", log=logs.append)
+    assert sum("already done" in m for m in logs) == 6  # 3 runs on all images, 3 at 2 per class: none retrained
+    assert [r["test_accuracy"] for r in again["results"]] == [r["test_accuracy"] for r in report["results"]]
+
+
+@pytest.mark.slow
+def test_hymenoptera_lp_ft_reaches_94_percent_and_scratch_stays_far_below(hymenoptera, tmp_path):
+    """The issue's figure: the shipped pipeline's finetune and scratch stages (about 8 min on 2 cores)."""
+    from pathlib import Path
+
+    p = pipeline.load(Path(__file__).resolve().parents[1] / "pipelines" / "hymenoptera.yaml")
+    p.train, p.test = f"{hymenoptera}:hymenoptera/train", f"{hymenoptera}:hymenoptera/val"
+    p.backbones, p.heads, p.efficiency_heads = ["efficientnet_lite0"], ["logreg"], []
+    report = pipeline.run(p, tmp_path / "out", tmp_path / "cache")
+    rows = {(r["method"], r.get("strategy")): r for r in report["results"]}
+    ft, scratch = rows[("finetune", "lp_ft")], rows[("scratch", None)]
+    assert ft["epochs_run"] <= 10 and scratch["epochs_run"] <= 10 and ft["image_size"] == 224
+    assert ft["test_accuracy"] >= 0.94 and ft["val_accuracy"] is not None  # the epoch chosen on train's share
+    assert scratch["test_accuracy"] <= ft["test_accuracy"] - 0.2
+    assert all(r["fit_seconds"] > 0 and r["train_images_per_second"] > 0 for r in (ft, scratch))
+    line = summary(report)[0]
+    assert f"fine-tuning (lp_ft): {100 * ft['test_accuracy']:.1f} %" in line
+    assert f"from scratch: {100 * scratch['test_accuracy']:.1f} %" in line

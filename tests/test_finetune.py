@@ -1,0 +1,219 @@
+"""Fine-tuning and training from scratch: what each strategy trains, LP-FT's start,
+checkpoints, resume, and the fine-tuned network reused as a backbone."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from imagegen import make_folder
+
+from featx import finetune as ft
+from featx.backbones import load_backbone
+from featx.cli import main
+from featx.errors import FeatxError
+
+TINY = "timm:test_efficientnet"  # timm's 0.36 M-parameter EfficientNet, random weights saved by the test
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ft")
+    torch.manual_seed(1234)  # not the fine-tune's seed: its random initialisation differs
+    import timm
+
+    weights = tmp / "tiny.pth"
+    torch.save(timm.create_model("test_efficientnet").state_dict(), weights)
+    train = make_folder(tmp / "train", {"a": 10, "b": 10}, start_seed=0)
+    test = make_folder(tmp / "test", {"a": 4, "b": 4}, start_seed=200)
+    return train, test, weights
+
+
+def _state(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+SETTINGS = {"epochs": 1, "image_size": 32, "batch_size": 8}
+
+
+@pytest.mark.parametrize("strategy", ["head", "last_k", "full", "lp_ft", "scratch"])
+def test_each_strategy_changes_exactly_the_parameters_it_should(tmp_path, data, strategy):
+    train, test, weights = data
+    scratch = strategy == "scratch"
+    settings = ft.Settings(strategy="full" if scratch else strategy, pretrained=not scratch, **SETTINGS)
+    r = ft.finetune(train, TINY, tmp_path / "run", test=test, settings=settings, weights=None if scratch else weights,
+                    cache_dir=tmp_path / "cache", workers=0)
+    assert r.best_epoch == 1 and r.epochs_run == 1
+    after = _state(r.model)
+    if scratch:
+        torch.manual_seed(0)
+        before = load_backbone(TINY, image_size=32, pretrained=False).model.state_dict()
+    else:
+        before = load_backbone(TINY, weights=weights, image_size=32).model.state_dict()
+    net = load_backbone(TINY, weights=weights, image_size=32)
+    groups = ft.stages(net.model, net.classifier)
+    expected = {"head": [], "last_k": groups[-2:], "full": groups, "lp_ft": groups, "scratch": groups}[strategy]
+    trained = {n for g in expected for n in g}
+    params = {n for n, _ in net.model.named_parameters()}
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed & params == trained  # every trained parameter moved, no frozen one did
+    buffers = {k for k in before if k not in params and before[k].is_floating_point()}
+    # BatchNorm statistics: a pretrained network keeps its own; from scratch they are learnt
+    assert bool(changed & buffers) == scratch
+    assert after["classifier.weight"].shape == (2, net.embed_dim)  # the new classifier, in the network's own slot
+    if scratch:
+        assert not any(torch.equal(before[k], _state(weights)[k]) for k in params if before[k].ndim > 1)
+
+
+def test_lp_ft_classifier_starts_from_the_logistic_regression(tmp_path, data):
+    from featx.heads import make_head
+
+    train, test, weights = data
+    # A learning rate of 1e-12 leaves the weights where training started, to float precision.
+    r = ft.finetune(train, TINY, tmp_path / "run", test=test, settings=ft.Settings(lr=1e-12, **SETTINGS),
+                    weights=weights, cache_dir=tmp_path / "cache", workers=0)
+    assert r.metrics["history"][0]["epoch"] == 0  # the probe's own validation accuracy, recorded
+    sd = _state(r.model)
+    original = load_backbone(TINY, weights=weights, image_size=32).model.state_dict()
+    for k, v in original.items():
+        torch.testing.assert_close(sd[k], v, rtol=1e-6, atol=1e-9)
+
+    tr, _, _, _ = ft.make_splits(str(train), seed=0)
+    X, y = ft._frozen_features(tr, load_backbone(TINY, weights=weights, image_size=32), tmp_path / "cache", {})
+    lr = make_head("logreg")._build(C=r.metrics["linear_probe"]["C"]).fit(X, y)
+    W, b = ft.linear_probe_weights(lr, 2)
+    np.testing.assert_allclose(sd["classifier.weight"].numpy(), W, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(sd["classifier.bias"].numpy(), b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("n_classes", [2, 4])
+@pytest.mark.parametrize("n_rows", [12, 400])  # fewer rows than features (row-span basis) and more
+def test_linear_probe_weights_reproduce_the_pipeline_exactly(n_classes, n_rows):
+    from scipy.special import softmax
+
+    from featx.heads import make_head
+
+    rng = np.random.default_rng(n_rows)
+    y = np.arange(n_rows) % n_classes
+    X = rng.normal(size=(n_rows, 64)) * rng.uniform(0.1, 5, 64) + rng.normal(size=64) + y[:, None] * 0.3
+    model = make_head("logreg")._build(C=0.1).fit(X, y)
+    W, b = ft.linear_probe_weights(model, n_classes)
+    Xt = rng.normal(size=(50, 64)) * 2
+    np.testing.assert_allclose(softmax(Xt @ W.T + b, axis=1), model.predict_proba(Xt), atol=1e-9)
+
+
+def test_checkpoints_load_without_running_code(tmp_path, data):
+    train, _, weights = data
+    r = ft.finetune(train, TINY, tmp_path / "run", settings=ft.Settings(strategy="head", **SETTINGS),
+                    weights=weights, cache_dir=tmp_path / "cache", workers=0)
+    assert all(isinstance(v, torch.Tensor) for v in torch.load(r.model, weights_only=True).values())
+    evil = tmp_path / "evil.pt"
+
+    class Boom:
+        def __reduce__(self):
+            return (os.system, ("echo planted > " + str(tmp_path / "ran"),))
+
+    torch.save({"model": Boom()}, evil)
+    with pytest.raises(FeatxError, match="not a loadable checkpoint"):
+        ft.load_checkpoint(evil)
+    assert not (tmp_path / "ran").exists()
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "featx", "finetune", *args]
+
+
+def test_resume_after_a_kill_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, data):
+    train, test, weights = data
+    common = ["--data", str(train), "--test", str(test), "--backbone", TINY, "--weights", str(weights),
+              "--epochs", "4", "--patience", "9", "--image-size", "64", "--batch-size", "4", "--workers", "0",
+              "--cache", str(tmp_path / "cache")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run(_cli(*common, "--out", str(tmp_path / "whole")), check=True, env=env, capture_output=True)
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen(_cli(*common, "--out", str(run)), env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    epoch_seconds = json.loads((tmp_path / "whole" / "metrics.json").read_text())["history"][2]["seconds"]
+    time.sleep(epoch_seconds / 2)  # halfway through the second epoch
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = _state(run / "last.pt")["epoch"]
+    assert 1 <= done < 4 and not (run / "metrics.json").exists()
+
+    again = subprocess.run(_cli(*common, "--out", str(run)), env=env, capture_output=True, text=True, check=False)
+    assert again.returncode == 1 and "pass --resume to continue it" in again.stderr
+    resumed = subprocess.run(_cli(*common, "--out", str(run), "--resume"), env=env, capture_output=True, text=True, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming after epoch {done} of 4" in resumed.stderr
+
+    a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", "killed"))
+    assert [h["epoch"] for h in a["history"]] == [h["epoch"] for h in b["history"]] == [0, 1, 2, 3, 4]
+    assert [h["val_loss"] for h in a["history"]] == pytest.approx([h["val_loss"] for h in b["history"]], rel=1e-4)
+    assert b["best_epoch"] == a["best_epoch"]
+    assert abs(a["test"]["test_accuracy"] - b["test"]["test_accuracy"]) <= 1 / 8  # within one test image
+    assert not (run / "last.pt").exists()
+
+
+def test_a_fine_tuned_network_is_a_backbone_for_extract_heads_and_predict(tmp_path, data):
+    from featx import models, store
+    from featx.extract import extract
+
+    train, test, weights = data
+    r = ft.finetune(train, TINY, tmp_path / "run", test=test, settings=ft.Settings(strategy="full", **SETTINGS),
+                    weights=weights, cache_dir=tmp_path / "cache", workers=0)
+    digest = hashlib.sha256(r.model.read_bytes()).hexdigest()
+    ex = extract(str(test), TINY, tmp_path / "cache", weights=str(r.model), image_size=32, workers=0)
+    assert store.info(ex.path)["provenance"]["backbone"]["weights_sha256"] == digest
+    X = store.load(ex.path)[0]
+    X0 = store.load(extract(str(test), TINY, tmp_path / "cache", weights=str(weights), image_size=32, workers=0).path)[0]
+    assert X.shape == X0.shape and not np.allclose(X, X0)  # the fine-tuned network's features, not the original's
+
+    b = models.train(extract(str(train), TINY, tmp_path / "cache", weights=str(r.model), image_size=32,
+                             workers=0).path, "logreg")
+    assert b["backbone"]["weights_sha256"] == digest
+
+    out = tmp_path / "pred.csv"
+    assert main(["predict", "--model", str(r.model), "--data", str(test), "--out", str(out),
+                 "--cache", str(tmp_path / "cache"), "--workers", "0"]) == 0
+    pred = models.predict(models.load(r.model), str(test), tmp_path / "cache", workers=0)
+    assert len(pred.keys) == 8 and abs(pred.accuracy - r.test["test_accuracy"]) <= 1 / 8
+
+    side = r.model.with_name("model.pt.json")
+    facts = json.loads(side.read_text())
+    side.write_text(json.dumps({**facts, "sha256": "0" * 64}))
+    with pytest.raises(FeatxError, match="SHA-256 does not match"):
+        models.load(r.model)
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"strategy": "lp-ft"}, "strategy 'lp-ft': choose lp_ft, full, last_k, head"),
+    ({"epochs": 0}, "epochs must be at least 1"),
+    ({"optimizer": "adam"}, "optimizer 'adam': choose adamw or sgd"),
+])
+def test_bad_settings_fail_in_one_line(kwargs, message):
+    with pytest.raises(FeatxError, match=message):
+        ft.Settings(**kwargs).check()
+
+
+def test_a_run_folder_is_never_overwritten_by_other_settings(tmp_path, data):
+    train, _, weights = data
+    kw = {"weights": weights, "cache_dir": tmp_path / "cache", "workers": 0}
+    first = ft.finetune(train, TINY, tmp_path / "run", settings=ft.Settings(strategy="head", **SETTINGS), **kw)
+    before = first.model.read_bytes()
+    again = ft.finetune(train, TINY, tmp_path / "run", settings=ft.Settings(strategy="head", **SETTINGS), **kw)
+    assert again.metrics == first.metrics  # the same run: read back, not trained again
+    with pytest.raises(FeatxError, match="holds a fine-tune with other settings"):
+        ft.finetune(train, TINY, tmp_path / "run", settings=ft.Settings(strategy="full", **SETTINGS), **kw)
+    assert first.model.read_bytes() == before
+    with pytest.raises(FeatxError, match="pixels: has no network to fine-tune"):
+        ft.finetune(train, "pixels", tmp_path / "px", settings=ft.Settings(**SETTINGS), cache_dir=tmp_path / "cache")

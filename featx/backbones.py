@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import json
 import os
 import re
 import socket
@@ -387,6 +388,15 @@ def _last_linear(model: nn.Module) -> str:
     return names[-1]
 
 
+def _finetuned_image_size(weights: str) -> int | None:
+    """The resolution a fine-tuned ``model.pt`` was trained at, from its sidecar."""
+    try:
+        facts = json.loads(Path(weights + ".json").read_text())
+        return int(facts["preprocessing"]["image_size"]) if facts.get("kind") == "finetuned" else None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_backbone(
     name: str,
     weights: str | os.PathLike | None = None,
@@ -404,6 +414,8 @@ def load_backbone(
         raise BackboneError(f"{weights}: no such weights file")
     if weights is not None and not pretrained:
         raise BackboneError(f"{name}: a random initialisation takes no weights file")
+    if weights is not None and image_size is None:
+        image_size = _finetuned_image_size(weights)
     if name in BUILTIN:
         model, origin, digest = _builtin(name, weights, pretrained)
         arch, pre = BUILTIN[name].architecture, _timm_preprocessing(model)

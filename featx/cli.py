@@ -83,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoints, model.pt, metrics.json")
     f.add_argument("--val", metavar="SRC", help="validation images (default: --val-fraction of --data)")
     f.add_argument("--test", metavar="SRC", help="test images, scored once with the best epoch")
-    f.add_argument("--strategy", default="lp_ft", metavar="NAME",
+    f.add_argument("--strategy", metavar="NAME",
                    help="what trains: lp_ft (default), full, last_k or head (see the README)")
     f.add_argument("--scratch", action="store_true", help="random initialisation instead of the pretrained weights")
     f.add_argument("--epochs", type=_positive, default=10, metavar="N")
@@ -183,7 +183,10 @@ def _predict(args) -> int:
 def _finetune(args) -> int:
     from .finetune import Settings, finetune
 
-    settings = Settings(strategy="full" if args.scratch else args.strategy, pretrained=not args.scratch,
+    if args.scratch and args.strategy:
+        raise FeatxError(f"--scratch trains the whole network from random weights; it takes no --strategy "
+                         f"({args.strategy})")
+    settings = Settings(strategy="full" if args.scratch else args.strategy or "lp_ft", pretrained=not args.scratch,
                         epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
                         optimizer=args.optimizer, lr=args.lr, last_k=args.last_k, patience=args.patience,
                         image_size=args.image_size, precision=args.precision, val_fraction=args.val_fraction,

@@ -54,7 +54,7 @@ from .errors import FeatxError
 from .extract import PRECISIONS, default_workers, resolve_device, resolve_precision
 from .models import classification_metrics
 from .sources import Item, KeysSource, Source, open_source
-from .store import atomic_path, digest
+from .store import atomic_path, digest, write_lock
 
 STRATEGIES = ("lp_ft", "full", "last_k", "head")
 FORMAT = 1
@@ -102,6 +102,12 @@ class Settings:
             v = getattr(self, name)
             if v is not None and not v > 0:
                 raise FinetuneError(f"{name} must be positive, got {v}")
+        for name in ("weight_decay", "warmup_epochs"):
+            v = getattr(self, name)
+            if v is not None and v < 0:
+                raise FinetuneError(f"{name} must not be negative, got {v}")
+        if self.image_size is not None and self.image_size < 8:
+            raise FinetuneError(f"image_size {self.image_size}: too small (at least 8 pixels)")
         adamw = self.optimizer == "adamw"
         lr = (1e-3 if adamw else 1e-2) * (0.1 if self.pretrained and self.strategy == "lp_ft" else 1.0)
         return replace(self, lr=self.lr or lr,
@@ -267,7 +273,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     """Linear warm-up over ``warmup`` steps, then cosine decay to zero at ``total``."""
     if step < warmup:
         return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
+    progress = (step - warmup + 1) / (total - warmup + 1)  # the first step after warm-up already decays
     return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
@@ -292,7 +298,9 @@ def _frozen_features(split: Split, backbone: Backbone, cache_dir, extract_option
     from . import store
     from .extract import extract
 
-    src = split.source.base if isinstance(split.source, KeysSource) else split.source
+    src = split.source
+    while isinstance(src, KeysSource):
+        src = src.base
     X, _, keys, _ = store.load(extract(src, backbone, cache_dir, **extract_options).path)
     row = {k: i for i, k in enumerate(keys.tolist())}
     have = [i for i, it in enumerate(split.items) if it.key in row]
@@ -399,14 +407,29 @@ def finetune(
     settings = settings.check()
     out = Path(out_dir)
     tr, va, te, classes = make_splits(train, val, test, val_fraction=settings.val_fraction, seed=settings.seed)
-    torch.manual_seed(settings.seed)  # the classifier's (and, from scratch, the network's) initial weights
-    bb = load_backbone(backbone, weights=weights, image_size=settings.image_size, pretrained=settings.pretrained)
-    run_id = _run_digest(settings, bb, {"train": tr, "val": va, "test": te}, classes)
-    done = _finished(out, run_id, resume)
-    if done is not None:
-        log(f"{out}: this fine-tune is already done")
-        return done
     dev = resolve_device(device)
+    # Seeded draws (initial weights, dropout) must not move the caller's generators.
+    with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
+        torch.manual_seed(settings.seed)  # the classifier's (and, from scratch, the network's) initial weights
+        bb = load_backbone(backbone, weights=weights, image_size=settings.image_size, pretrained=settings.pretrained)
+        run_id = _run_digest(settings, bb, {"train": tr, "val": va, "test": te}, classes)
+        out.mkdir(parents=True, exist_ok=True)
+        with write_lock(out / "run", busy=f"{out}: another featx process is training in this folder; "
+                                          "wait for it to finish"):
+            for stale in out.glob(".*.tmp-*"):  # left by a run killed mid-write
+                stale.unlink(missing_ok=True)
+            done = _finished(out, run_id, resume)
+            if done is not None:
+                log(f"{out}: this fine-tune is already done")
+                return done
+            return _train(bb, tr, va, te, classes, settings, run_id, out, dev, started, weights=weights,
+                          cache_dir=cache_dir, extract_options=extract_options, workers=workers, resume=resume,
+                          progress=progress, log=log)
+
+
+def _train(bb: Backbone, tr: Split, va: Split, te: Split | None, classes, settings: Settings, run_id: str, out: Path,
+           dev: torch.device, started: float, *, weights, cache_dir, extract_options, workers, resume, progress, log):
+    """The training run itself, in a locked run folder (see :func:`finetune`)."""
     workers = default_workers() if workers is None else workers
     frozen_net = settings.pretrained and settings.strategy == "head"
     prec = training_precision(settings.precision, dev, frozen_net)
@@ -414,13 +437,12 @@ def finetune(
     pre = bb.preprocessing
     net = _network(bb, len(classes))
     opt_groups, frozen = _trainable(net, bb.classifier, settings)
-    out.mkdir(parents=True, exist_ok=True)
 
     state = _resume_state(out, run_id) if resume else None
     probe = None
     if state is None and settings.pretrained and settings.strategy == "lp_ft":
         log(f"{bb.name}: linear probe on frozen features (LP-FT's starting classifier)")
-        feature_bb = load_backbone(backbone, weights=weights, image_size=settings.image_size)
+        feature_bb = load_backbone(bb.name, weights=weights, image_size=settings.image_size)
         W, b, probe = _linear_probe(tr, va, feature_bb, len(classes), cache_dir, extract_options or {}, settings)
         lin = net.get_submodule(bb.classifier)
         with torch.no_grad():
@@ -474,7 +496,8 @@ def finetune(
                 with _autocast(dev, prec):
                     logits = net(x)
                 loss = nn.functional.cross_entropy(logits.float(), y)
-                scaler.scale(loss / settings.accumulate).backward()
+                group = min(settings.accumulate, batches - i // settings.accumulate * settings.accumulate)
+                scaler.scale(loss / group).backward()  # the mean over the step's batches
                 seen += len(y)
                 correct += int((logits.argmax(1) == y).sum())
                 loss_sum += float(loss.detach()) * len(y)
@@ -526,6 +549,7 @@ def finetune(
         "settings": asdict(settings), "backbone": bb.identity(), "classes": classes,
         "precision": {"training": prec, "evaluation": eval_prec}, "device": dev.type,
         "n_train": len(tr.items), "n_val": len(va.items), "n_test": len(te.items) if te else 0,
+        "val_keys": [it.key for it in va.items],  # the images that chose the epoch
         "effective_batch_size": settings.batch_size * settings.accumulate,
         "epochs_run": state["epoch"], "stopped_early": state["epoch"] < settings.epochs,
         "best_epoch": state["best_epoch"], "val_accuracy": state["best_val"], "linear_probe": state["probe"],
@@ -565,10 +589,13 @@ def _finished(out: Path, run_id: str, resume: bool) -> FinetuneResult | None:
     overwrite another run's files or, without ``resume``, an interrupted one."""
     metrics_file, ckpt = out / METRICS, out / CHECKPOINT
     if ckpt.exists():
+        state = load_checkpoint(ckpt)
+        if not isinstance(state, dict) or state.get("run") != run_id:
+            raise FinetuneError(f"{ckpt}: an interrupted fine-tune with other settings or data; "
+                                "choose another --out (or delete the folder)")
         if resume:
             return None
-        epoch = load_checkpoint(ckpt).get("epoch", "?")
-        raise FinetuneError(f"{out}: holds an interrupted fine-tune (epoch {epoch} done); "
+        raise FinetuneError(f"{out}: holds an interrupted fine-tune (epoch {state.get('epoch', '?')} done); "
                             "pass --resume to continue it, or choose another --out")
     if metrics_file.exists():
         try:
@@ -588,8 +615,6 @@ def _resume_state(out: Path, run_id: str) -> dict | None:
     state = load_checkpoint(ckpt)
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise FinetuneError(f"{ckpt}: not a featx checkpoint")
-    if state.get("run") != run_id:
-        raise FinetuneError(f"{ckpt}: was written with other settings or data; it cannot be resumed with these")
     side = out / (MODEL + ".json")
     try:
         saved_epoch = json.loads(side.read_text()).get("epoch")

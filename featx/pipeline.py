@@ -123,6 +123,11 @@ def _check(value, schema, where: str, origin: str):
     ok = isinstance(value, schema) and not isinstance(value, bool)
     if schema is float and isinstance(value, int) and not isinstance(value, bool):
         ok, value = True, float(value)
+    if schema is float and isinstance(value, str):  # YAML 1.1 reads 1e-3 (no dot) as a string
+        try:
+            ok, value = True, float(value)
+        except ValueError:
+            pass
     if not ok:
         raise PipelineError(f"{origin}: {where} must be {_TYPE_WORDS[schema]}, got {value!r}")
     return value

@@ -5,7 +5,8 @@ own folder under ``OUT/finetune/`` so that a rerun reuses or resumes it.
 The data-efficiency points draw ``shots`` images per class from the train split (one
 seeded draw each, since every point is a whole training run); as for the heads, a
 validation share is carved out of those images, so a point's label count is all the
-labelled data that run saw.
+labelled data that run saw. (With a separate val source the heads' points draw from
+train and val together; the networks' from train only, keeping val for the epoch.)
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .finetune import FinetuneResult, Settings, finetune
+from .finetune import FinetuneError, FinetuneResult, Settings, finetune
 from .sources import KeysSource
 from .store import digest, slug
 
@@ -37,7 +38,7 @@ def settings_for(p, stage: str, strategy: str) -> tuple[Settings, list[int]]:
 def stage_backbones(p, stage: str) -> list[str]:
     from .backbones import PIXELS
 
-    conf = (p.scratch if stage == "scratch" else None) or p.finetune or {}
+    conf = {**(p.finetune or {}), **((p.scratch or {}) if stage == "scratch" else {})}
     return conf.get("backbones") or [b for b in p.backbones if b != PIXELS]
 
 
@@ -54,9 +55,12 @@ def run_stages(p, backbone: str, sources: dict, splits: dict, out: Path, cache_d
         train_keys = tr.keys
     else:  # the heads' own rule on the same rows: the same validation images
         cut = validation_split(tr.y, p.val_fraction, p.seed)
+        if cut is None:
+            raise FinetuneError(f"{p.train}: too few images per class to hold out a validation split for "
+                                "fine-tuning (at least 2 per class)")
         val_src = KeysSource(train_src, tr.keys[cut[1]].tolist(), "val")
         train_keys = tr.keys[cut[0]]
-    y_pool = tr.y if "val" in splits else tr.y[cut[0]]
+    y_pool = tr.y if "val" in splits else tr.y[cut[0]]  # the labels of train_keys
     rows, curves, details = [], [], {}
     stages = [("finetune", s) for s in (p.finetune or {}).get("strategies", ["lp_ft"])] if p.finetune is not None else []
     if p.scratch is not None:
@@ -69,7 +73,9 @@ def run_stages(p, backbone: str, sources: dict, splits: dict, out: Path, cache_d
 
         def one(train, val, tag, settings=settings, label=label):
             name = f"{backbone}__{settings.method}__{tag}"
-            folder = out / "finetune" / (slug(name) + "-" + digest([name, repr(settings), train.spec, val and val.spec])[:8])
+            # one folder per settings and data (keys and stamps): a changed pipeline starts a new run
+            data = [(s.spec, [(it.key, it.stamp) for it in s.items]) for s in (train, val, test_src) if s is not None]
+            folder = out / "finetune" / f"{slug(name)}-{digest([name, repr(settings), data])[:8]}"
             log(f"{backbone}: {label}, {tag}")
             return finetune(train, backbone, folder, val=val, test=test_src, settings=settings, cache_dir=cache_dir,
                             extract_options=extract_options, device=p.extract.get("device", "auto"),
@@ -85,11 +91,14 @@ def run_stages(p, backbone: str, sources: dict, splits: dict, out: Path, cache_d
             if n >= counts.min() or n < 2:
                 continue
             rng = np.random.default_rng([p.seed, n, 0])
-            pool = tr.keys if "val" in splits else train_keys
-            keys = np.concatenate([rng.choice(pool[y_pool == k], n, replace=False) for k in range(len(counts))])
+            keys = np.concatenate([rng.choice(train_keys[y_pool == k], n, replace=False) for k in range(len(counts))])
             r = one(KeysSource(train_src, keys.tolist(), f"{n}pc-seed{p.seed}"), None, f"{n}pc")
             acc = r.test["test_accuracy"]
             points.append({"per_class": n, "mean": acc, "std": 0.0, "draws": [acc]})
+        skipped = [str(n) for n in shots if n not in [q["per_class"] for q in points]]
+        if skipped:
+            log(f"{backbone}: {label} at {', '.join(skipped)} images per class skipped: the train split holds "
+                f"{counts.min()} images of its smallest class")
         points.append({"per_class": round(row["n_train"] / len(counts), 1), "mean": row["test_accuracy"], "std": 0.0,
                        "draws": [row["test_accuracy"]], "all": True})
         curves.append({"backbone": backbone, "method": row["method"], "strategy": row.get("strategy"), "points": points})

@@ -76,7 +76,7 @@ def _comparison(report: dict, backbone: str) -> str | None:
     heads = [r for r in rows if r not in nets]
     if not nets or not heads:
         return None
-    head = max(heads, key=lambda r: (r.get("val_accuracy") or -1.0, r["test_accuracy"]))
+    head = max(heads, key=lambda r: r.get("val_accuracy") or -1.0)  # ties: the first listed
     frozen = _seconds(_frozen_seconds(report, head))
     parts = [f"frozen features + {head['method']}: {_pct(head['test_accuracy'])} in {frozen}"]
     ex = next((e for e in report["extraction"] if e["backbone"] == backbone), {})

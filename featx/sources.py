@@ -9,6 +9,7 @@ in ``problems`` with a one-line reason instead of stopping the run.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import os
 import random
@@ -236,12 +237,13 @@ class SubsetSource(Source):
 
 class KeysSource(Source):
     """The items of another source whose keys are listed, in the base's order: one split of
-    it (``tag`` names the split in ``spec``)."""
+    it. ``tag`` names the split in ``spec``, which also holds a digest of the keys."""
 
     def __init__(self, base: Source, keys, tag: str):
-        super().__init__(spec=f"{base.spec}#{tag}", name=f"{base.name}-{tag}", classes=list(base.classes))
-        self.base = base
         wanted = set(keys)
+        chosen = hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:12]
+        super().__init__(spec=f"{base.spec}#{tag}={chosen}", name=f"{base.name}-{tag}", classes=list(base.classes))
+        self.base = base
         self.items = [it for it in base.items if it.key in wanted]
 
     def read(self, item: Item) -> bytes:

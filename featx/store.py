@@ -154,8 +154,9 @@ class Journal:
 
 
 @contextmanager
-def write_lock(store_path: Path):
-    """One writer per store: a second process fails at once with a clear message.
+def write_lock(store_path: Path, busy: str | None = None):
+    """One writer per store: a second process fails at once with a clear message
+    (``busy``, when given, replaces the store's).
 
     A POSIX record lock (``lockf``), not ``flock``: forked DataLoader workers do not
     inherit it, so a killed run's orphaned workers cannot keep the store locked.
@@ -167,7 +168,8 @@ def write_lock(store_path: Path):
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EAGAIN):
                 raise
-            raise StoreError(f"{store_path}: another featx process is writing this store; wait for it to finish") from None
+            raise StoreError(busy or f"{store_path}: another featx process is writing this store; "
+                             "wait for it to finish") from None
         yield
 
 

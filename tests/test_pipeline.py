@@ -7,8 +7,10 @@ import jsonschema
 import pytest
 from imagegen import make_folder
 
-from featx import pipeline
+from featx import pipeline, store
 from featx.cli import main
+from featx.errors import FeatxError
+from featx.heads import validation_split
 from featx.report import SCHEMA, summary
 
 GOOD = """\
@@ -165,6 +167,8 @@ def test_finetune_and_scratch_stages_join_the_heads_in_one_report(tmp_path, fold
     report = pipeline.run(p, tmp_path / "out", tmp_path / "cache", log=logs.append)
     jsonschema.validate(json.loads((tmp_path / "out" / "report.json").read_text()), SCHEMA)
     nets = [r for r in report["results"] if r["method"] in ("finetune", "scratch")]
+    _, y, keys, _ = store.load(report["extraction"][0]["stores"]["train"])
+    heads_val = keys[validation_split(y, p.val_fraction, p.seed)[1]].tolist()  # what SweptHead holds out
     assert [(r["backbone"], r["method"], r.get("strategy")) for r in nets] == [
         ("efficientnet_lite0", "finetune", "lp_ft"), ("efficientnet_lite0", "finetune", "head"),
         ("efficientnet_lite0", "scratch", None)]  # not the raw-pixel baseline: it has no network
@@ -172,7 +176,8 @@ def test_finetune_and_scratch_stages_join_the_heads_in_one_report(tmp_path, fold
     for r in nets:
         assert r["n_train"] == 12 and r["image_size"] == 64 and r["train_images_per_second"] > 0
         metrics = json.loads((tmp_path / "out" / r["model"]).with_name("metrics.json").read_text())
-        assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (10, 2, 8)  # the heads' splits
+        assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (10, 2, 8)
+        assert metrics["val_keys"] == heads_val  # the very images the heads chose their C on
         assert metrics["test"]["test_accuracy"] == r["test_accuracy"]
     curves = {(c["method"], c.get("strategy")): [pt["per_class"] for pt in c["points"]] for c in report["efficiency"]}
     assert curves[("finetune", "lp_ft")] == curves[("scratch", None)] == [2, 6.0]
@@ -208,3 +213,16 @@ def test_hymenoptera_lp_ft_reaches_94_percent_and_scratch_stays_far_below(hymeno
     line = summary(report)[0]
     assert f"fine-tuning (lp_ft): {100 * ft['test_accuracy']:.1f} %" in line
     assert f"from scratch: {100 * scratch['test_accuracy']:.1f} %" in line
+
+
+def test_finetune_stage_errors_are_one_line(tmp_path):
+    one = make_folder(tmp_path / "one", {"a": 1, "b": 3})
+    text = (f"name: x\ndata: {{train: {one}, test: {one}}}\nbackbones: [efficientnet_lite0]\nheads: [logreg]\n"
+            "extract: {image_size: 32, workers: 0}\nfinetune: {epochs: 1, lr: 1e-3}\n")
+    p = pipeline.load(_write(tmp_path, text))
+    assert p.finetune["lr"] == 0.001  # YAML reads 1e-3 (no dot) as a string; the schema takes it as a number
+    with pytest.raises(FeatxError, match=r"too few images per class to hold out a validation split for fine-tuning"):
+        pipeline.run(p, tmp_path / "out", tmp_path / "cache")
+    bad = text.replace("lr: 1e-3", "lr: fast")
+    with pytest.raises(pipeline.PipelineError, match="finetune.lr must be a number, got 'fast'"):
+        pipeline.load(_write(tmp_path, bad, "bad.yaml"))

@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
     f.add_argument("--batch-size", type=_positive, default=32, metavar="N")
     f.add_argument("--accumulate", type=_positive, default=1, metavar="N", help="batches per optimizer step")
     f.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw")
-    f.add_argument("--lr", type=float, metavar="LR", help="the classifier's learning rate (default 1e-3 AdamW, 1e-2 SGD)")
+    f.add_argument("--lr", type=float, metavar="LR", help="the classifier's learning rate (default 1e-3 AdamW, 1e-2 SGD; a tenth of that for lp_ft)")
     f.add_argument("--last-k", type=_positive, default=2, metavar="K", help="stages trained by --strategy last_k")
     f.add_argument("--patience", type=_positive, default=3, metavar="N", help="epochs without improvement before stopping")
     f.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F")

@@ -60,11 +60,12 @@ class Labelled(Dataset):
     def __getitem__(self, i: int):
         label = int(self.labels[i])
         try:
-            image = decode_rgb(self.source.read(self.items[i]))
+            data = self.source.read(self.items[i])
+            if not self.augment:  # the eval transform, decoded as extraction decodes it
+                return self.pre.decode(data), label
+            image = decode_rgb(data)  # full resolution: a random crop may take a small part
         except (OSError, ImageDecodeError):
             return None, label
-        if not self.augment:
-            return self.pre.to_uint8(image), label
         rng = np.random.default_rng([self.seed, self.epoch, i])
         top, left, h, w = crop_box(image.width, image.height, rng)
         size = self.pre.image_size

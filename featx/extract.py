@@ -23,7 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 from . import __version__
 from .backbones import Backbone, load_backbone
 from .errors import FeatxError, SourceError, StoreError
-from .images import ImageDecodeError, decode_rgb
+from .images import ImageDecodeError
 from .preprocess import Preprocessing
 from .sources import Item, Source, open_source
 from . import store
@@ -91,7 +91,7 @@ class _Decoded(Dataset):
             return i, None, f"cannot read: {exc.strerror or exc}", ""
         sha = hashlib.sha256(data).hexdigest()
         try:
-            return i, self.pre.to_uint8(decode_rgb(data)), "", sha
+            return i, self.pre.decode(data), "", sha
         except ImageDecodeError as exc:
             return i, None, str(exc), sha
 

@@ -14,6 +14,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
 from .errors import FeatxError
+from .images import decode_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -47,7 +48,13 @@ class Preprocessing:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         d["resize_size"] = self.resize_size
+        d["decode"] = "jpeg-dct-scaled"  # see decode(): part of what determines the features
         return d
+
+    def decode(self, data: bytes) -> torch.Tensor:
+        """Image bytes -> uint8 tensor (3, image_size, image_size). A large JPEG is decoded
+        at a reduced size that still covers the resize (see images.decode_rgb)."""
+        return self.to_uint8(decode_rgb(data, min_side=self.resize_size))
 
     def to_uint8(self, image: Image.Image) -> torch.Tensor:
         """RGB PIL image -> uint8 tensor (3, image_size, image_size)."""

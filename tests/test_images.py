@@ -81,3 +81,19 @@ def test_undecodable_bytes_raise_one_line_reason(data, reason):
         decode_rgb(data)
     assert reason in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_large_jpegs_decode_at_reduced_size_that_still_covers_the_resize():
+    from featx.preprocess import Preprocessing
+
+    big = jpeg_bytes(photo(7, size=(1600, 1200)))
+    full, reduced = decode_rgb(big), decode_rgb(big, min_side=256)
+    assert full.size == (1600, 1200) and reduced.size == (400, 300)  # libjpeg's 1/4 scale: >= 256 on the short side
+    small = jpeg_bytes(photo(8, size=(500, 375)))
+    assert decode_rgb(small, min_side=256).size == (500, 375)  # halving would fall below 256: decoded whole
+    png = io.BytesIO()
+    photo(9, size=(1600, 1200)).save(png, format="PNG")
+    assert decode_rgb(png.getvalue(), min_side=256).size == (1600, 1200)  # only JPEGs scale in the decoder
+    pre = Preprocessing()
+    a, b = pre.to_uint8(full).float(), pre.decode(big).float()
+    assert a.shape == b.shape == (3, 224, 224) and (a - b).abs().mean() < 1.0  # under one grey level on average

@@ -10,6 +10,7 @@ train and val together; the networks' from train only, keeping val for the epoch
 """
 from __future__ import annotations
 
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -26,12 +27,10 @@ def settings_for(p, stage: str, strategy: str) -> tuple[Settings, list[int]]:
     conf = dict(p.finetune or {})
     if stage == "scratch":
         conf.update(p.scratch or {})
-    image_size = conf.get("image_size", p.extract.get("image_size"))
-    s = Settings(strategy=strategy if stage == "finetune" else "full", pretrained=stage == "finetune",
-                 epochs=conf.get("epochs", 10), batch_size=conf.get("batch_size", 32),
-                 accumulate=conf.get("accumulate", 1), optimizer=conf.get("optimizer", "adamw"), lr=conf.get("lr"),
-                 patience=conf.get("patience", 3), last_k=conf.get("last_k", 2), image_size=image_size,
-                 precision=conf.get("precision", "auto"), val_fraction=p.val_fraction, seed=p.seed)
+    named = {k: v for k, v in conf.items() if k in {f.name for f in fields(Settings)}}  # the rest: Settings' defaults
+    s = Settings(**{**named, "strategy": strategy if stage == "finetune" else "full", "pretrained": stage == "finetune",
+                    "image_size": conf.get("image_size", p.extract.get("image_size")),
+                    "val_fraction": p.val_fraction, "seed": p.seed})
     return s, sorted(set(conf.get("shots", DEFAULT_SHOTS)))
 
 

@@ -23,9 +23,8 @@ from scipy.special import log_softmax, softmax
 from sklearn.base import BaseEstimator, ClassifierMixin, TransformerMixin, clone
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.exceptions import ConvergenceWarning
-from sklearn.linear_model import LogisticRegression, RidgeClassifier
+from sklearn.linear_model import RidgeClassifier
 from sklearn.model_selection import train_test_split
-from sklearn.neighbors import KNeighborsClassifier
 from sklearn.neural_network import MLPClassifier
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer, StandardScaler
@@ -33,7 +32,11 @@ from sklearn.svm import LinearSVC
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from . import knn
 from .errors import FeatxError
+from .extract import resolve_device
+from .knn import CosineKNN
+from .logreg import TorchLogisticRegression
 
 C_GRID = np.logspace(-6, 2, 25)  # 3 values per decade (Kornblith et al. sweep 45 over a wider range)
 
@@ -83,11 +86,14 @@ class SweptHead(ClassifierMixin, BaseEstimator):
             tr, va = split
             scores = self._sweep(candidates, X[tr], y[tr], X[va], y[va]) if len(candidates) > 1 else None
             best = 0 if scores is None else max(range(len(scores)), key=lambda i: (scores[i][0], -scores[i][1]))
-            chosen = clone(self._build(**candidates[best])).fit(X[tr], y[tr])
-            if not hasattr(chosen, "predict_proba"):
-                self.temperature_ = _fit_temperature(_decision_2d(chosen, X[va]), _indices(chosen.classes_, y[va]))
             self.val_scores_ = [{**p, "accuracy": a} for p, (a, _) in zip(candidates, scores or [])]
-            self.val_accuracy_ = float(np.mean(chosen.predict(X[va]) == y[va]))
+            if scores is not None and hasattr(self._build(**candidates[best]), "predict_proba"):
+                self.val_accuracy_ = scores[best][0]  # the sweep already scored the chosen model
+            else:  # refit on train alone: for its validation accuracy, or to calibrate a margin
+                chosen = clone(self._build(**candidates[best])).fit(X[tr], y[tr])
+                if not hasattr(chosen, "predict_proba"):
+                    self.temperature_ = _fit_temperature(_decision_2d(chosen, X[va]), _indices(chosen.classes_, y[va]))
+                self.val_accuracy_ = float(np.mean(chosen.predict(X[va]) == y[va]))
         self.best_params_ = candidates[best]
         self.model_ = self._build(**self.best_params_).fit(X, y)
         return self
@@ -139,12 +145,16 @@ def _decision_2d(model, X) -> np.ndarray:
 
 
 def _score(model, Xv, yv) -> tuple[float, float]:
-    accuracy = float(np.mean(model.predict(Xv) == yv))
     if not hasattr(model, "predict_proba"):
-        return accuracy, 0.0
-    p = model.predict_proba(Xv)
-    cols = np.searchsorted(model.classes_, yv)
-    known = (cols < len(model.classes_)) & (model.classes_[np.minimum(cols, len(model.classes_) - 1)] == yv)
+        return float(np.mean(model.predict(Xv) == yv)), 0.0
+    return _proba_scores(model.predict_proba(Xv), model.classes_, yv)
+
+
+def _proba_scores(p, classes, yv) -> tuple[float, float]:
+    """(accuracy, log loss) of class probabilities ``p`` (columns ``classes``) against ``yv``."""
+    accuracy = float(np.mean(classes[np.argmax(p, axis=1)] == yv))
+    cols = np.searchsorted(classes, yv)
+    known = (cols < len(classes)) & (classes[np.minimum(cols, len(classes) - 1)] == yv)
     picked = np.where(known, p[np.arange(len(yv)), np.minimum(cols, p.shape[1] - 1)], 0.0)
     return accuracy, float(-np.mean(np.log(np.clip(picked, 1e-12, None))))
 
@@ -180,25 +190,31 @@ class _RowSpan(TransformerMixin, BaseEstimator):
 
 
 class LogRegHead(SweptHead):
-    """Standardised features, multinomial L2 logistic regression (L-BFGS), C swept."""
+    """Standardised features, multinomial L2 logistic regression, C swept.
+
+    scikit-learn's model and objective, solved by a preconditioned L-BFGS on torch (see
+    :mod:`featx.logreg`); ``device`` ``auto`` uses CUDA when present.
+    """
 
     default_index = 12  # C = 1e-2
 
-    def __init__(self, val_fraction=0.2, random_state=0, max_iter=1000):
+    def __init__(self, val_fraction=0.2, random_state=0, max_iter=1000, device="auto"):
         super().__init__(val_fraction, random_state)
         self.max_iter = max_iter
+        self.device = device
 
     def _candidates(self, y):
         return [{"C": float(c)} for c in C_GRID]
 
     def _build(self, C):
-        return make_pipeline(StandardScaler(), _RowSpan(), LogisticRegression(C=C, max_iter=self.max_iter))
+        return make_pipeline(StandardScaler(), _RowSpan(),
+                             TorchLogisticRegression(C=C, max_iter=self.max_iter, device=self.device))
 
     def _sweep(self, candidates, Xt, yt, Xv, yv):
         # Along the regularisation path, each fit starts from the previous solution.
         prep = make_pipeline(StandardScaler(), _RowSpan()).fit(Xt)
         Xt, Xv = prep.transform(Xt), prep.transform(Xv)
-        model = LogisticRegression(max_iter=self.max_iter, warm_start=True)
+        model = TorchLogisticRegression(max_iter=self.max_iter, warm_start=True, device=self.device)
         return [_score(model.set_params(**p).fit(Xt, yt), Xv, yv) for p in candidates]
 
     def fit(self, X, y, val_mask=None):
@@ -242,8 +258,20 @@ class KNNHead(SweptHead):
     def _candidates(self, y):
         return [{"n_neighbors": k} for k in self.K_GRID if k <= len(y)]
 
+    def __init__(self, val_fraction=0.2, random_state=0, device="auto"):
+        super().__init__(val_fraction, random_state)
+        self.device = device
+
     def _build(self, n_neighbors):
-        return make_pipeline(Normalizer(), KNeighborsClassifier(n_neighbors, weights="distance", algorithm="brute"))
+        return CosineKNN(n_neighbors, device=self.device)
+
+    def _sweep(self, candidates, Xt, yt, Xv, yv):
+        # One matrix product for the largest k; each smaller k reads its first columns.
+        classes, y_idx = np.unique(yt, return_inverse=True)
+        dev = resolve_device(self.device)
+        dist, idx = knn.neighbours(knn.unit_rows(Xt, dev), knn.unit_rows(Xv, dev), max(p["n_neighbors"] for p in candidates))
+        return [_proba_scores(knn.vote(dist, idx, y_idx, len(classes), p["n_neighbors"]), classes, yv)
+                for p in candidates]
 
 
 class NearestCentroidHead(SweptHead):

@@ -54,7 +54,7 @@ def test_the_chosen_model_is_refit_on_train_and_validation():
     X, y = _data()
     val = np.r_[np.zeros(200, bool), np.ones(100, bool)]
     head = make_head("knn").fit(X, y, val_mask=val)
-    assert head.model_[-1].n_samples_fit_ == len(y)
+    assert head.model_.X_.shape[0] == len(y)
 
 
 def test_without_a_val_mask_a_seeded_stratified_split_is_used():

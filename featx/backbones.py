@@ -111,10 +111,11 @@ class Backbone:
     def embed_dim(self) -> int:
         return self.dims[DEFAULT_LAYER]
 
-    def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Normalised float batch -> {name: (N, D) pooled features}."""
+    def embed(self, x: torch.Tensor, model: nn.Module | None = None) -> dict[str, torch.Tensor]:
+        """Normalised float batch -> {name: (N, D) pooled features}. ``model``: a copy of
+        the network (another dtype, say) to run instead; its hooks fill the same layers."""
         self._captured.clear()
-        out = {DEFAULT_LAYER: _pool(self.model(x))}
+        out = {DEFAULT_LAYER: _pool((model or self.model)(x))}
         for layer in self.layers:
             out[layer] = _pool(self._captured.pop(layer))
         return out

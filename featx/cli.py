@@ -48,9 +48,11 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--layers", metavar="A,B", default="", help="also store these named stages, each pooled")
     e.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR", help=f"cache folder (default: {DEFAULT_CACHE})")
     e.add_argument("--image-size", type=_positive, metavar="N", help="input resolution (default: the weights')")
-    e.add_argument("--batch-size", type=_positive, default=64, metavar="N")
+    e.add_argument("--batch-size", type=_positive, metavar="N", help="images per batch (default: 64 on the CPU, 256 on CUDA)")
     e.add_argument("--precision", choices=["auto", "fp32", "bf16", "fp16"], default="auto")
     e.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    e.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
+                   help="where JPEGs are decoded and resized: CPU workers, or batched on the CUDA device (nvJPEG)")
     e.add_argument("--workers", type=_non_negative, metavar="N", help="decoding processes (default: one per core, at most 8)")
 
     t = sub.add_parser("train", help="fit one head (with its hyper-parameter sweep) on a store; writes a model file")
@@ -72,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--top-k", type=_positive, default=3, metavar="K", help="classes listed per image (default 3)")
     pr.add_argument("--weights", metavar="FILE", help="the backbone's weights file, if the model was trained on one")
     pr.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR")
-    pr.add_argument("--batch-size", type=_positive, default=64, metavar="N")
+    pr.add_argument("--batch-size", type=_positive, metavar="N", help="default: 64 on the CPU, 256 on CUDA")
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pr.add_argument("--workers", type=_non_negative, metavar="N")
 
@@ -137,7 +139,7 @@ def _extract(args) -> int:
     result = extract(
         args.data, args.backbone, args.cache, weights=args.weights, layers=layers,
         image_size=args.image_size, batch_size=args.batch_size, precision=args.precision,
-        device=args.device, workers=args.workers, progress=True,
+        device=args.device, decode=args.decode, workers=args.workers, progress=True,
     )
     speed = f" at {result.images_per_second:.1f} images/s" if result.embedded else ""
     print(

@@ -12,22 +12,33 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, default_collate
 
-from . import __version__
+from . import __version__, store
 from .backbones import Backbone, load_backbone
 from .errors import FeatxError, SourceError, StoreError
+from .frozen import frozen_embed, use_frozen
+from .gpu_decode import gpu_ready
 from .images import ImageDecodeError
 from .preprocess import Preprocessing
 from .sources import Item, Source, open_source
-from . import store
-from .store import DEFAULT_LAYER, Journal, Rows, digest, read_rows, store_path_for, write_lock, write_store
+from .store import (
+    DEFAULT_LAYER,
+    Journal,
+    Rows,
+    Taken,
+    digest,
+    read_rows,
+    store_path_for,
+    write_lock,
+    write_store,
+)
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -71,8 +82,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def default_workers() -> int:
-    return min(8, len(os.sched_getaffinity(0)))
+def default_workers(dev: torch.device | None = None) -> int:
+    """Decoding processes: one per core (at most 8) beside a CPU model, which needs the
+    cores itself; all cores but two (the main process and its copy thread, at most 32)
+    when a GPU runs the model and decoding is what limits the speed."""
+    cores = len(os.sched_getaffinity(0))
+    if dev is not None and dev.type == "cuda":
+        return max(1, min(32, cores - 2))
+    return min(8, cores)
+
+
+def default_batch_size(dev: torch.device) -> int:
+    """64 on the CPU (larger batches are no faster there); 256 on CUDA, where small
+    batches leave the GPU idle between kernel launches."""
+    return 256 if dev.type == "cuda" else 64
 
 
 class _Decoded(Dataset):
@@ -90,6 +113,8 @@ class _Decoded(Dataset):
         except OSError as exc:
             return i, None, f"cannot read: {exc.strerror or exc}", ""
         sha = hashlib.sha256(data).hexdigest()
+        if self.pre.decoder == "gpu" and gpu_ready(data):
+            return i, data, "", sha  # decoded with its batch on the GPU
         try:
             return i, self.pre.decode(data), "", sha
         except ImageDecodeError as exc:
@@ -97,16 +122,33 @@ class _Decoded(Dataset):
 
 
 def _collate(samples):
-    ok = [s for s in samples if s[1] is not None]
-    batch = torch.stack([s[1] for s in ok]) if ok else None
-    return ok, [s for s in samples if s[1] is None], batch
+    """(index and hash of each decoded sample, failed samples, the decoded images stacked,
+    samples still as JPEG bytes).
+
+    The images travel to the main process as one tensor that ``default_collate`` builds
+    in shared memory: not one shared segment per image, which costs more than decoding.
+    """
+    images = [s[1] for s in samples if isinstance(s[1], torch.Tensor)]
+    ok = [(s[0], s[3]) for s in samples if isinstance(s[1], torch.Tensor)]
+    batch = default_collate(images) if images else None
+    raw = [s for s in samples if isinstance(s[1], bytes)]
+    return ok, [s for s in samples if s[1] is None], batch, raw
 
 
-def store_key(source: Source, backbone: Backbone, precision: str) -> str:
-    ident = backbone.identity()
+def identity(backbone: Backbone, pre: Preprocessing) -> dict:
+    """The backbone's identity with the preprocessing an extraction actually uses."""
+    return {**backbone.identity(), "preprocessing": pre.to_dict()}
+
+
+def store_key(source: Source, backbone: Backbone, precision: str, pre: Preprocessing | None = None,
+              frozen: bool = False) -> str:
+    ident = identity(backbone, pre or backbone.preprocessing)
     ident.pop("name")  # the same network and weights under another name share a store
     ident.pop("weights")
-    return digest({"source": source.spec, "backbone": ident, "precision": precision})
+    key = {"source": source.spec, "backbone": ident, "precision": precision}
+    if frozen:  # see featx.frozen: other kernels, features not bit-identical to eager ones
+        key["runtime"] = "frozen"
+    return digest(key)
 
 
 def _manifest(source: Source) -> str:
@@ -126,9 +168,10 @@ def extract(
     weights: str | None = None,
     layers: tuple[str, ...] = (),
     image_size: int | None = None,
-    batch_size: int = 64,
+    batch_size: int | None = None,
     precision: str = "auto",
     device: str = "auto",
+    decode: str = "cpu",
     workers: int | None = None,
     commit_rows: int = 2048,
     commit_seconds: float = 30.0,
@@ -138,6 +181,8 @@ def extract(
 
     Returns where the store is and how much work was done. Images already embedded
     (same key and stamp, in the store or the journal of an interrupted run) are reused.
+    ``batch_size`` defaults to :func:`default_batch_size`; ``decode="gpu"`` decodes
+    JPEGs on the CUDA device (see :mod:`featx.gpu_decode`), into a store of its own.
     """
     source = data if isinstance(data, Source) else open_source(data)
     if not source.items:
@@ -145,11 +190,19 @@ def extract(
                           f"({len(source.problems)} other files)")
     if isinstance(backbone, str):
         backbone = load_backbone(backbone, weights=weights, layers=layers, image_size=image_size)
-    if batch_size < 1:
-        raise FeatxError(f"--batch-size {batch_size}: must be at least 1")
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
-    path = store_path_for(cache_dir, source.name, backbone.architecture, store_key(source, backbone, prec))
+    if decode not in ("cpu", "gpu"):
+        raise FeatxError(f"--decode {decode}: choose cpu or gpu")
+    if decode == "gpu" and dev.type != "cuda":
+        raise FeatxError("--decode gpu: decoding on the GPU needs a CUDA device (use --decode cpu)")
+    pre = replace(backbone.preprocessing, decoder=decode)
+    if batch_size is None:
+        batch_size = default_batch_size(dev)
+    if batch_size < 1:
+        raise FeatxError(f"--batch-size {batch_size}: must be at least 1")
+    frozen = use_frozen(dev, prec, len(source.items))
+    path = store_path_for(cache_dir, source.name, backbone.architecture, store_key(source, backbone, prec, pre, frozen))
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(source)
 
@@ -163,7 +216,7 @@ def extract(
         old = None
         if path.exists():
             try:
-                old = read_rows(path)
+                old = read_rows(path, lazy=True)
             except StoreError:
                 pass  # unreadable: rebuilt below and replaced atomically
         names = [DEFAULT_LAYER, *backbone.layers]
@@ -172,8 +225,8 @@ def extract(
         todo = _plan(source, pool)
 
         start = time.perf_counter()
-        new_parts = _embed(source, todo, backbone, journal, dev, prec, batch_size,
-                           default_workers() if workers is None else workers,
+        new_parts = _embed(source, todo, backbone, pre, frozen, journal, dev, prec, batch_size,
+                           default_workers(dev) if workers is None else workers,
                            commit_rows, commit_seconds, progress)
         seconds = time.perf_counter() - start
         embedded = sum(len(p) for p in new_parts)
@@ -185,8 +238,9 @@ def extract(
             "torch": torch.__version__,
             "timm": _version("timm"),
             "torchvision": _version("torchvision"),
-            "backbone": backbone.identity(),
+            "backbone": identity(backbone, pre),
             "precision": prec,
+            "runtime": "torchscript-frozen" if frozen else "eager",
             "device": dev.type,
             "source": source.spec,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -221,46 +275,68 @@ def _version(module: str) -> str:
         return ""
 
 
-def _embed(source, todo, backbone, journal, dev, prec, batch_size, workers, commit_rows, commit_seconds, progress):
-    """Embed ``todo`` in batches, committing whole batches to the journal as it goes."""
+def _embed(source, todo, backbone, pre, frozen, journal, dev, prec, batch_size, workers, commit_rows, commit_seconds, progress):
+    """Embed ``todo`` in batches, committing whole batches to the journal as it goes.
+
+    Commits run on a background thread, overlapped with the next batches' compute; at
+    most one is in flight, and all have finished when this returns.
+    """
     if not todo:
         return []
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm import tqdm
 
     backbone.model.to(dev, memory_format=torch.channels_last)  # in place; embed() runs it
-    pre = backbone.preprocessing
-    n_batches = -(-len(todo) // batch_size)
+    # Workers hand over slices of a batch, so that many workers share even one batch
+    # and the first batch is ready sooner; the model still sees whole batches, formed
+    # from the to-do list in order as before.
+    part = batch_size // 8 if batch_size % 8 == 0 else batch_size
     loader = DataLoader(
-        _Decoded(source, todo, pre), batch_size=batch_size, shuffle=False, collate_fn=_collate,
-        num_workers=min(workers, n_batches), pin_memory=dev.type == "cuda",
+        _Decoded(source, todo, pre), batch_size=part, shuffle=False, collate_fn=_collate,
+        num_workers=min(workers, -(-len(todo) // part)), pin_memory=dev.type == "cuda",
     )
     dtype = PRECISIONS[prec]
     autocast = torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
+    run = (frozen_embed(backbone, batch_size) if frozen else None) or backbone.embed
+    if run is not backbone.embed:
+        autocast = contextlib.nullcontext()  # the frozen graph is bfloat16 throughout
     names = [DEFAULT_LAYER, *backbone.layers]
-    parts, pending, last_commit = [], [], time.monotonic()
+    parts, pending, last_commit, in_flight = [], [], time.monotonic(), None
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featx-commit")
 
     def commit():
-        nonlocal pending, last_commit
-        if pending:
-            rows = Rows.concat(pending, names, backbone.dims)
-            journal.commit(rows)
-            parts.append(rows)
+        nonlocal pending, last_commit, in_flight
+        if in_flight is not None:
+            parts.append(in_flight.result())  # re-raises a failed write
+            in_flight = None
+        if pending:  # features stay on disk once written
+            in_flight = writer.submit(journal.commit, Rows.concat(pending, names, backbone.dims))
         pending, last_commit = [], time.monotonic()
 
     bar = tqdm(total=len(todo), unit="img", desc=backbone.name, disable=not progress, file=sys.stderr, smoothing=0.1)
     try:
         with torch.inference_mode():
-            for ok, failed, batch in loader:
+            for ok, failed, batch, raw in _whole_batches(loader, batch_size // part, dev):
+                if raw:  # JPEGs left for the GPU (decode="gpu")
+                    from .gpu_decode import decode_batch
+
+                    images = decode_batch([s[1] for s in raw], pre, dev)
+                    failed = failed + [(i, None, r, sha) for (i, _, _, sha), r in zip(raw, images) if isinstance(r, str)]
+                    good = [(s, im) for s, im in zip(raw, images) if not isinstance(im, str)]
+                    ok = ok + [s for s, _ in good]
+                    on_dev = ([batch.to(dev, non_blocking=True)] if batch is not None else []) + [im[None] for _, im in good]
+                    batch = torch.cat(on_dev) if on_dev else None
                 feats = {n: np.zeros((0, backbone.dims[n]), np.float32) for n in names}
                 if batch is not None:
                     x = pre.normalize(batch.to(dev, non_blocking=True)).contiguous(memory_format=torch.channels_last)
                     with autocast:
-                        out = backbone.embed(x)
+                        out = run(x)
                     feats = {n: out[n].float().cpu().numpy() for n in names}
                 pending.append(Rows(
                     keys=np.array([todo[i].key for i, *_ in ok], dtype=str),
                     stamps=np.array([todo[i].stamp for i, *_ in ok], dtype=str),
-                    sha256=np.array([s[3] for s in ok], dtype=str),
+                    sha256=np.array([s[-1] for s in ok], dtype=str),
                     features=feats,
                     skipped_keys=np.array([todo[i].key for i, *_ in failed], dtype=str),
                     # a read failure (no bytes, no hash) may be transient: no stamp, retried
@@ -271,9 +347,31 @@ def _embed(source, todo, backbone, journal, dev, prec, batch_size, workers, comm
                 if sum(len(p) for p in pending) >= commit_rows or time.monotonic() - last_commit >= commit_seconds:
                     commit()
         commit()
+        commit()  # waits for the last write
     finally:
+        writer.shutdown(wait=True)
         bar.close()
     return parts
+
+
+def _whole_batches(loader, group: int, dev: torch.device):
+    """Join every ``group`` consecutive slices from ``loader`` into one batch (fewer at
+    the end), the images already on ``dev``."""
+    slices = []
+
+    def join():
+        images = [b.to(dev, non_blocking=True) for _, _, b, _ in slices if b is not None]
+        return ([s for sl in slices for s in sl[0]], [s for sl in slices for s in sl[1]],
+                (torch.cat(images) if len(images) > 1 else images[0]) if images else None,
+                [s for sl in slices for s in sl[3]])
+
+    for sl in loader:
+        slices.append(sl)
+        if len(slices) == group:
+            yield join()
+            slices = []
+    if slices:
+        yield join()
 
 
 def _plan(source: Source, pool: Rows) -> list[Item]:
@@ -326,6 +424,6 @@ def _assemble(source: Source, parts: list[Rows], names: list[str], dims: dict[st
             transient += 1
     sel = np.asarray(sel, dtype=np.int64)
     sk = np.array(skipped, dtype=str).reshape(-1, 3)
-    rows = Rows(pool.keys[sel], pool.stamps[sel], pool.sha256[sel], {n: pool.features[n][sel] for n in names},
+    rows = Rows(pool.keys[sel], pool.stamps[sel], pool.sha256[sel], {n: Taken(pool.features[n], sel) for n in names},
                 sk[:, 0], sk[:, 1], sk[:, 2])
     return rows, np.asarray(labels, dtype=np.int64), transient

@@ -185,7 +185,7 @@ class Predictions:
 
 
 def predict(b: dict, data, cache_dir: str | os.PathLike = "cache", *, weights: str | None = None,
-            batch_size: int = 64, device: str = "auto", workers: int | None = None,
+            batch_size: int | None = None, device: str = "auto", workers: int | None = None,
             progress: bool = False) -> Predictions:
     """Classify every image of ``data`` with a bundle: backbone (through the store), then head."""
     from .backbones import load_backbone

@@ -11,7 +11,7 @@ heads does no extraction. Relative data paths are read from the directory featx 
       # test_fraction: 0.25 used when there is no test source: held out of train
       # per_class: {train: 500, test: 200}   a seeded random subset of each split
     backbones: [efficientnet_lite0, pixels]
-    extract: {image_size: 224, batch_size: 64, precision: auto, device: auto, workers: 2}
+    extract: {image_size: 224, batch_size: 64, precision: auto, device: auto, decode: cpu, workers: 2}
     # (image_size is the networks' input; the pixels baseline stays at 32 x 32)
     heads: [logreg, linear_svm, knn]
     seed: 0
@@ -63,7 +63,7 @@ _SCHEMA = {
              "per_class": {"train": int, "val": int, "test": int}},
     "backbones": [str],
     "extract": {"image_size": int, "batch_size": int, "precision": ("auto", "fp32", "bf16", "fp16"),
-                "device": ("auto", "cpu", "cuda"), "workers": int},
+                "device": ("auto", "cpu", "cuda"), "decode": ("cpu", "gpu"), "workers": int},
     "heads": [str],
     "seed": int,
     "val_fraction": float,
@@ -223,6 +223,11 @@ class _Split:
     keys: np.ndarray
 
 
+def _extract_options(p: Pipeline) -> dict:
+    """The pipeline's ``extract:`` settings that ``featx.extract.extract`` takes."""
+    return {k: v for k, v in p.extract.items() if k in ("batch_size", "precision", "device", "decode", "workers")}
+
+
 def _features(p: Pipeline, sources: dict, backbone: str, cache_dir, progress: bool):
     """Train (+ val) and test arrays for one backbone, labels in the train classes."""
     from .backbones import PIXELS, load_backbone
@@ -230,7 +235,7 @@ def _features(p: Pipeline, sources: dict, backbone: str, cache_dir, progress: bo
 
     size = None if backbone == PIXELS else p.extract.get("image_size")  # the baseline stays at 32 px
     bb = load_backbone(backbone, image_size=size)
-    ex = {k: p.extract[k] for k in ("batch_size", "precision", "device", "workers") if k in p.extract}
+    ex = _extract_options(p)
     results, arrays, skipped = {}, {}, []
     for split, src in sources.items():
         r = extract(src, bb, cache_dir, progress=progress, **ex)
@@ -336,7 +341,7 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
         if p.finetune is not None or p.scratch is not None:
             from .pipeline_finetune import run_stages
 
-            ex_opts = {k: p.extract[k] for k in ("batch_size", "precision", "device", "workers") if k in p.extract}
+            ex_opts = _extract_options(p)
             rows, curves, more = run_stages(p, backbone, sources, splits, out, cache_dir, ex_opts, progress, log)
             results += rows
             efficiency += curves

@@ -29,6 +29,7 @@ class Preprocessing:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
+    decoder: str = "cpu"  # "gpu": JPEGs decoded and resized on CUDA (see featx.gpu_decode)
 
     @property
     def resize_size(self) -> int:
@@ -48,7 +49,9 @@ class Preprocessing:
         d = asdict(self)
         d["mean"], d["std"] = list(self.mean), list(self.std)
         d["resize_size"] = self.resize_size
-        d["decode"] = "jpeg-dct-scaled"  # see decode(): part of what determines the features
+        # part of what determines the features: PIL with DCT scaling (see decode()), or
+        # nvJPEG and torch's resize on the GPU
+        d["decode"] = {"cpu": "jpeg-dct-scaled", "gpu": "nvjpeg"}[d.pop("decoder")]
         return d
 
     def decode(self, data: bytes) -> torch.Tensor:
@@ -56,12 +59,13 @@ class Preprocessing:
         at a reduced size that still covers the resize (see images.decode_rgb)."""
         return self.to_uint8(decode_rgb(data, min_side=self.resize_size))
 
-    def to_uint8(self, image: Image.Image) -> torch.Tensor:
-        """RGB PIL image -> uint8 tensor (3, image_size, image_size)."""
+    def to_uint8(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
+        """RGB PIL image, or uint8 tensor (..., 3, H, W) on any device -> uint8 tensor
+        (..., 3, image_size, image_size)."""
         mode = InterpolationMode(self.interpolation)
         image = TF.resize(image, self.resize_size, interpolation=mode, antialias=True)
         image = TF.center_crop(image, [self.image_size, self.image_size])
-        return TF.pil_to_tensor(image)
+        return image if isinstance(image, torch.Tensor) else TF.pil_to_tensor(image)
 
     def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """uint8 batch (N, 3, H, W) on any device -> normalised float batch."""

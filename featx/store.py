@@ -78,12 +78,87 @@ class Rows:
             arrays = [np.asarray(getattr(p, attr), dtype=str) for p in parts]
             return np.concatenate(arrays) if arrays else np.zeros(0, dtype=str)
 
-        feats = {
-            n: (np.concatenate([p.features[n] for p in parts]) if parts else np.zeros((0, dims[n]), np.float32))
-            for n in names
-        }
+        def stack(n):
+            xs = [p.features[n] for p in parts]
+            if not xs:
+                return np.zeros((0, dims[n]), np.float32)
+            return np.concatenate(xs) if all(isinstance(x, np.ndarray) for x in xs) else Stacked(xs)
+
+        feats = {n: stack(n) for n in names}
         return Rows(cat("keys"), cat("stamps"), cat("sha256"), feats,
                     cat("skipped_keys"), cat("skipped_stamps"), cat("skipped_reasons"))
+
+
+# --- features read only when written ----------------------------------------------------
+# An extraction's rows come from the old store, the journal and this run; the new store
+# is written from them block by block, so memory does not grow with the number of rows.
+# Each array-like has ``shape`` and ``take(rows)`` (an int array, any order).
+
+WRITE_BLOCK = 8192  # rows per block when a store is written from array-likes
+
+
+def take(x, rows: np.ndarray) -> np.ndarray:
+    return x[rows] if isinstance(x, np.ndarray) else x.take(rows)
+
+
+class Stacked:
+    """Array-likes one after another, as one."""
+
+    def __init__(self, parts: list):
+        self.parts = parts
+        self.offsets = np.cumsum([0] + [p.shape[0] for p in parts])
+        self.shape = (int(self.offsets[-1]), parts[0].shape[1])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.shape[1]), np.float32)
+        which = np.searchsorted(self.offsets, rows, side="right") - 1
+        for i in np.unique(which):
+            mask = which == i
+            out[mask] = take(self.parts[i], rows[mask] - self.offsets[i])
+        return out
+
+
+class Taken:
+    """The rows ``sel`` of an array-like, in that order."""
+
+    def __init__(self, x, sel: np.ndarray):
+        self.x, self.sel = x, sel
+        self.shape = (len(sel), x.shape[1])
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        return take(self.x, self.sel[rows])
+
+
+class _NpzMember:
+    """One array of a journal chunk, loaded when its rows are needed."""
+
+    def __init__(self, path: Path, key: str, shape: tuple[int, int]):
+        self.path, self.key, self.shape = path, key, shape
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        with np.load(self.path, allow_pickle=False) as z:
+            return z[self.key][rows]
+
+
+class _StoreFeatures:
+    """A store's features, read from the file when their rows are needed."""
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, int]):
+        self.path, self.name, self.shape = path, name, shape
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        if not len(rows):
+            return np.zeros((0, self.shape[1]), np.float32)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        with h5py.File(self.path, "r") as f:
+            ds = f["features"][self.name]
+            if hi - lo <= 4 * len(rows) + WRITE_BLOCK:  # one contiguous read
+                return ds[lo:hi][rows - lo]
+            order = np.argsort(rows)
+            uniq, inverse = np.unique(rows[order], return_inverse=True)
+            out = np.empty((len(rows), self.shape[1]), np.float32)
+            out[order] = ds[uniq][inverse]
+            return out
 
 
 # --- atomic files ---------------------------------------------------------------------------
@@ -120,7 +195,8 @@ class Journal:
     def chunks(self) -> list[Path]:
         return sorted(self.dir.glob("*.npz")) if self.dir.is_dir() else []
 
-    def commit(self, rows: Rows) -> None:
+    def commit(self, rows: Rows) -> Rows:
+        """Write ``rows`` as the next chunk; returns them with features left on disk."""
         self.dir.mkdir(parents=True, exist_ok=True)
         existing = self.chunks()
         seq = int(existing[-1].stem) + 1 if existing else 0
@@ -130,21 +206,32 @@ class Journal:
             "skipped_reasons": rows.skipped_reasons,
         }
         arrays.update({f"features/{n}": f for n, f in rows.features.items()})
-        with atomic_path(self.dir / f"{seq:08d}.npz") as tmp:
+        chunk = self.dir / f"{seq:08d}.npz"
+        with atomic_path(chunk) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
+        return self._lazy(chunk)
 
     def read(self) -> list[Rows]:
+        """The committed chunks, their features left on disk until needed."""
         parts = []
         for chunk in self.chunks():
             try:
-                with np.load(chunk, allow_pickle=False) as z:
-                    feats = {k.split("/", 1)[1]: z[k] for k in z.files if k.startswith("features/")}
-                    parts.append(Rows(z["keys"], z["stamps"], z["sha256"], feats,
-                                      z["skipped_keys"], z["skipped_stamps"], z["skipped_reasons"]))
+                parts.append(self._lazy(chunk))
             except Exception:  # a chunk that cannot be read is recomputed, not trusted
                 continue
         return parts
+
+    @staticmethod
+    def _lazy(chunk: Path) -> Rows:
+        with np.load(chunk, allow_pickle=False) as z:
+            feats = {}
+            for k in z.files:
+                if k.startswith("features/"):
+                    x = z[k]  # read once: a damaged chunk fails here, not while writing the store
+                    feats[k.split("/", 1)[1]] = _NpzMember(chunk, k, x.shape)
+            return Rows(z["keys"], z["stamps"], z["sha256"], feats,
+                        z["skipped_keys"], z["skipped_stamps"], z["skipped_reasons"])
 
     def clear(self) -> None:
         if self.dir.is_dir():
@@ -203,9 +290,15 @@ def write_store(path: Path, rows: Rows, labels: np.ndarray, classes: list[str], 
             f["labels"] = np.asarray(labels, dtype=np.int64)
             f["classes"] = _encode(classes)
             for name, x in rows.features.items():
-                x = np.ascontiguousarray(x, dtype=np.float32)
-                ds = f.create_dataset(f"features/{name}", data=x)  # contiguous: no chunk padding
-                ds.attrs["sha256"] = hashlib.sha256(x.tobytes()).hexdigest()
+                # contiguous layout (no chunk padding), filled block by block
+                ds = f.create_dataset(f"features/{name}", shape=x.shape, dtype=np.float32)
+                h = hashlib.sha256()
+                for start in range(0, x.shape[0], WRITE_BLOCK):
+                    block = np.ascontiguousarray(take(x, np.arange(start, min(start + WRITE_BLOCK, x.shape[0]))),
+                                                 dtype=np.float32)
+                    ds[start:start + len(block)] = block
+                    h.update(block.tobytes())
+                ds.attrs["sha256"] = h.hexdigest()
             f["skipped/keys"] = _encode(rows.skipped_keys)
             f["skipped/stamps"] = _encode(rows.skipped_stamps)
             f["skipped/reasons"] = _encode(rows.skipped_reasons)
@@ -230,10 +323,12 @@ def _open(path: str | os.PathLike):
         f.close()
 
 
-def read_rows(path: str | os.PathLike) -> tuple[Rows, np.ndarray, list[str], dict, str]:
-    """Everything in a store: (rows, labels, classes, provenance, manifest)."""
+def read_rows(path: str | os.PathLike, lazy: bool = False) -> tuple[Rows, np.ndarray, list[str], dict, str]:
+    """Everything in a store: (rows, labels, classes, provenance, manifest). With ``lazy``
+    the features stay in the file until their rows are taken."""
     with _open(path) as f:
-        feats = {name: f["features"][name][()] for name in f["features"]}
+        feats = {name: (_StoreFeatures(Path(path), name, f["features"][name].shape) if lazy
+                        else f["features"][name][()]) for name in f["features"]}
         rows = Rows(
             _decode(f["keys"][()]), _decode(f["stamps"][()]), _decode(f["sha256"][()]), feats,
             _decode(f["skipped/keys"][()]), _decode(f["skipped/stamps"][()]), _decode(f["skipped/reasons"][()]),

@@ -301,3 +301,16 @@ def test_a_source_where_nothing_decodes_gives_an_empty_store(tmp_path, lite0_sma
     r = extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)
     X, y, keys, classes = load(r.path)
     assert X.shape == (0, 1280) and (r.rows, r.skipped) == (0, 1)
+
+
+def test_workers_hand_over_slices_but_the_model_sees_whole_batches(tmp_path, lite0_small):
+    make_folder(tmp_path / "data", {"a": 10, "b": 10})
+    sizes = []
+    handle = lite0_small.model.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
+    try:
+        parallel = extract(tmp_path / "data", lite0_small, tmp_path / "c1", batch_size=8, workers=2, precision="fp32")
+        inline = extract(tmp_path / "data", lite0_small, tmp_path / "c2", batch_size=8, workers=0, precision="fp32")
+    finally:
+        handle.remove()
+    assert sizes == [8, 8, 4] * 2  # slices of one image each, joined into batches of 8
+    np.testing.assert_array_equal(load(parallel.path)[0], load(inline.path)[0])

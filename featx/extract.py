@@ -4,6 +4,11 @@ Only images whose (key, stamp) is not already in the store or in the journal of 
 interrupted run are decoded and embedded. Batches are formed from that to-do list in
 source order and committed whole, so a resumed run forms the same batches as an
 uninterrupted one and produces the same features.
+
+Workers hand over slices of a batch as one shared-memory tensor each; the main process
+joins them on the device, normalises, runs the model (eager under autocast, or the
+frozen graph of :mod:`featx.frozen`), and commits to the journal on a background
+thread. The store is then written block by block from the journal and the old store.
 """
 from __future__ import annotations
 
@@ -71,7 +76,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 def resolve_precision(precision: str, device: torch.device) -> str:
     """``auto``: bfloat16 where the hardware runs it natively (not emulated), else fp16
-    on CUDA and fp32 on the CPU."""
+    on CUDA and fp32 on the CPU: the fastest precision whose linear-probe accuracy stays
+    within 0.3 points of fp32's (benchmarks/precision_fidelity.py; RESULTS.md)."""
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
@@ -82,14 +88,21 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
+WORKER_MEMORY = 512 << 20  # what one decoding process may come to hold, prefetched batches included
+
+
 def default_workers(dev: torch.device | None = None) -> int:
     """Decoding processes: one per core (at most 8) beside a CPU model, which needs the
     cores itself; all cores but two (the main process and its copy thread, at most 32)
-    when a GPU runs the model and decoding is what limits the speed."""
+    when a GPU runs the model and decoding is what limits the speed. Never more than
+    half the available memory holds at ``WORKER_MEMORY`` each."""
     cores = len(os.sched_getaffinity(0))
-    if dev is not None and dev.type == "cuda":
-        return max(1, min(32, cores - 2))
-    return min(8, cores)
+    wanted = max(1, min(32, cores - 2)) if dev is not None and dev.type == "cuda" else min(8, cores)
+    try:
+        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not on this system: trust the cores
+        return wanted
+    return max(1, min(wanted, available // 2 // WORKER_MEMORY))
 
 
 def default_batch_size(dev: torch.device) -> int:
@@ -292,15 +305,20 @@ def _embed(source, todo, backbone, pre, frozen, journal, dev, prec, batch_size, 
     # and the first batch is ready sooner; the model still sees whole batches, formed
     # from the to-do list in order as before.
     part = batch_size // 8 if batch_size % 8 == 0 else batch_size
+    group, workers = batch_size // part, min(workers, -(-len(todo) // part))
     loader = DataLoader(
         _Decoded(source, todo, pre), batch_size=part, shuffle=False, collate_fn=_collate,
-        num_workers=min(workers, -(-len(todo) // part)), pin_memory=dev.type == "cuda",
+        num_workers=workers, pin_memory=dev.type == "cuda",
+        # enough slices in flight for the next two batches to decode while one computes
+        prefetch_factor=max(2, -(-2 * group // workers)) if workers else None,
     )
     dtype = PRECISIONS[prec]
     autocast = torch.autocast(dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
-    run = (frozen_embed(backbone, batch_size) if frozen else None) or backbone.embed
-    if run is not backbone.embed:
-        autocast = contextlib.nullcontext()  # the frozen graph is bfloat16 throughout
+    run = frozen_embed(backbone, batch_size) if frozen else None
+    if run is None:  # eager, under autocast
+        run = backbone.embed
+    else:  # the frozen graph is bfloat16 throughout
+        autocast = contextlib.nullcontext()
     names = [DEFAULT_LAYER, *backbone.layers]
     parts, pending, last_commit, in_flight = [], [], time.monotonic(), None
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="featx-commit")
@@ -317,7 +335,7 @@ def _embed(source, todo, backbone, pre, frozen, journal, dev, prec, batch_size, 
     bar = tqdm(total=len(todo), unit="img", desc=backbone.name, disable=not progress, file=sys.stderr, smoothing=0.1)
     try:
         with torch.inference_mode():
-            for ok, failed, batch, raw in _whole_batches(loader, batch_size // part, dev):
+            for ok, failed, batch, raw in _whole_batches(loader, group, dev):
                 if raw:  # JPEGs left for the GPU (decode="gpu")
                     from .gpu_decode import decode_batch
 

@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 from featx.extract import extract
@@ -314,3 +315,23 @@ def test_workers_hand_over_slices_but_the_model_sees_whole_batches(tmp_path, lit
         handle.remove()
     assert sizes == [8, 8, 4] * 2  # slices of one image each, joined into batches of 8
     np.testing.assert_array_equal(load(parallel.path)[0], load(inline.path)[0])
+
+
+def test_default_workers_follow_cores_device_and_memory(monkeypatch):
+    from featx import extract as ex
+
+    monkeypatch.setattr(ex.os, "sched_getaffinity", lambda pid: set(range(16)))
+    monkeypatch.setattr(ex.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, (64 << 30) // 4096))
+    assert ex.default_workers(torch.device("cpu")) == 8
+    assert ex.default_workers(torch.device("cuda")) == 14
+    monkeypatch.setattr(ex.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, (3 << 30) // 4096))
+    assert ex.default_workers(torch.device("cuda")) == 3  # 1.5 GB for workers of 512 MB
+
+
+def test_the_chosen_precision_is_the_one_computed(tmp_path, lite0_small):
+    make_folder(tmp_path / "data", {"a": 3, "b": 3})
+    X = {prec: load(extract(tmp_path / "data", lite0_small, tmp_path / "c", precision=prec, device="cpu").path)[0]
+         for prec in ("fp32", "bf16")}
+    cos = np.sum(X["fp32"] * X["bf16"], 1) / np.linalg.norm(X["fp32"], axis=1) / np.linalg.norm(X["bf16"], axis=1)
+    assert not np.array_equal(X["fp32"], X["bf16"])  # bfloat16 really ran
+    assert cos.min() > 0.99

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import sys
 import time
 import warnings
 from pathlib import Path
@@ -23,10 +25,11 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from featx import models, store
-from featx.extract import extract
+from featx.extract import extract, resolve_device
 from featx.heads import C_GRID, _score, make_head, validation_split
 
-DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"
+# the shared datasets beside the project, or FEATX_DATASETS (on a machine without them)
+DATASETS = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
 
 
 def naive(X, y, seed: int):
@@ -46,9 +49,11 @@ def main() -> None:
     p.add_argument("--rows", type=int, default=0, help="training rows, a stratified seeded subset (0: all 50,000)")
     p.add_argument("--cache", default="cache")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="auto", help="where featx's sweep runs: auto, cpu or cuda")
     args = p.parse_args()
     paths = [extract(f"{DATASETS / f'cifar10-{s}.tar'}:cifar10/{s}", "efficientnet_lite0", args.cache).path
              for s in ("train", "test")]
+    print(f"features ready: {[str(p) for p in paths]}", file=sys.stderr, flush=True)
     (X, y, _, classes), (Xte, yte, _, tclasses) = (store.load(path) for path in paths)
     yte = models.align_labels(yte, tclasses, classes, "cifar10 test")
     if args.rows and args.rows < len(y):
@@ -57,14 +62,16 @@ def main() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)
         start = time.perf_counter()
-        head = make_head("logreg", random_state=args.seed).fit(X, y)
+        head = make_head("logreg", random_state=args.seed, device=args.device).fit(X, y)
         t_featx = time.perf_counter() - start
+        print(f"featx sweep: {t_featx:.1f} s", file=sys.stderr, flush=True)
         start = time.perf_counter()
         c_naive, predict = naive(X, y, args.seed)
         t_naive = time.perf_counter() - start
     acc_featx = float(np.mean(head.predict(Xte) == yte))
     acc_naive = float(np.mean(predict(Xte) == yte))
     print(json.dumps({
+        "featx_device": resolve_device(args.device).type, "cores": len(os.sched_getaffinity(0)),
         "train_rows": len(y), "dim": X.shape[1], "test_rows": len(yte), "grid": len(C_GRID),
         "featx_seconds": round(t_featx, 1), "naive_seconds": round(t_naive, 1),
         "speedup": round(t_naive / t_featx, 2),

@@ -1,9 +1,9 @@
 """A CPU fast path for large extractions: the network traced and frozen in bfloat16.
 
 TorchScript's ``freeze`` folds batch norms into the convolutions and hands the graph to
-oneDNN's fused kernels. On the CPU this runs lite0 about a third faster than eager
-bfloat16 autocast, and building it takes seconds, where ``torch.compile`` takes over a
-minute for a similar gain (benchmarks/RESULTS.md). It pays only for large jobs, so
+oneDNN's fused kernels. On 2 CPU cores this ran lite0 at 1.4 to 1.7 times the speed of
+eager bfloat16 autocast, after about 7 s of building; ``torch.compile`` gave 1.2 to 1.4
+times after about a minute of compiling on a machine's first run (benchmarks/RESULTS.md). It pays only for large jobs, so
 :func:`use_frozen` decides from the size of the whole source (not the part still to do,
 so a resumed run decides as the first one did). The frozen graph's features are not
 bit-identical to eager autocast's, so it is part of a store's identity. A network that

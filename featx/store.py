@@ -210,7 +210,9 @@ class Journal:
         with atomic_path(chunk) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})
-        return self._lazy(chunk)
+        feats = {n: _NpzMember(chunk, f"features/{n}", f.shape) for n, f in rows.features.items()}
+        return Rows(rows.keys, rows.stamps, rows.sha256, feats, rows.skipped_keys, rows.skipped_stamps,
+                    rows.skipped_reasons)
 
     def read(self) -> list[Rows]:
         """The committed chunks, their features left on disk until needed."""

@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from imagegen import make_folder
 
 from featx import frozen, store
 from featx.extract import extract
 from featx.frozen import frozen_embed, use_frozen
-from imagegen import make_folder
 
 
 def test_only_large_bf16_jobs_on_the_cpu_use_it():

@@ -15,3 +15,8 @@ class BackboneError(FeatxError):
 
 class StoreError(FeatxError):
     """An embedding store is missing, damaged or does not match the request."""
+
+
+class WriteError(FeatxError):
+    """A file could not be written: the disk or quota is full, the file system is
+    read-only, or the folder is not writable. Whatever was written before stays valid."""

@@ -34,6 +34,7 @@ with ``torch.load(weights_only=True)``.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import math
 import os
@@ -52,9 +53,10 @@ from .augment import Labelled, collate
 from .backbones import PIXELS, Backbone, load_backbone, sha256_file
 from .errors import FeatxError
 from .extract import PRECISIONS, default_workers, resolve_device, resolve_precision
+from .files import write_bytes, write_lock
 from .models import classification_metrics
 from .sources import Item, KeysSource, Source, open_source
-from .store import atomic_path, digest, write_lock
+from .store import digest
 
 STRATEGIES = ("lp_ft", "full", "last_k", "head")
 FORMAT = 1
@@ -362,13 +364,15 @@ def evaluate(net: nn.Module, split: Split, pre, device, prec: str, batch_size: i
 
 
 def _save_torch(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # Serialised in memory first: torch.save reports a full disk only as an opaque
+    # RuntimeError, a plain write as the OSError it is.
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(path, buf.getbuffer())
 
 
 def _write_json(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    write_bytes(path, (json.dumps(obj, indent=2) + "\n").encode())
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -414,8 +418,8 @@ def finetune(
         bb = load_backbone(backbone, weights=weights, image_size=settings.image_size, pretrained=settings.pretrained)
         run_id = _run_digest(settings, bb, {"train": tr, "val": va, "test": te}, classes)
         out.mkdir(parents=True, exist_ok=True)
-        with write_lock(out / "run", busy=f"{out}: another featx process is training in this folder; "
-                                          "wait for it to finish"):
+        with write_lock(out / "run", f"{out}: another featx process is training in this folder; "
+                                     "wait for it to finish", FinetuneError):
             for stale in out.glob(".*.tmp-*"):  # left by a run killed mid-write
                 stale.unlink(missing_ok=True)
             done = _finished(out, run_id, resume)

@@ -13,7 +13,7 @@ import json
 import os
 from pathlib import Path
 
-from .store import atomic_path
+from .files import write_bytes
 
 _RESULT = {
     "type": "object",
@@ -272,7 +272,5 @@ def write_report(report: dict, out_dir: str | os.PathLike) -> dict[str, Path]:
     files["report.html"] = to_html(report, figs).encode()
     paths = {}
     for name, data in files.items():
-        with atomic_path(out / name) as tmp:
-            tmp.write_bytes(data)
-        paths[name] = out / name
+        paths[name] = write_bytes(out / name, data)
     return paths

@@ -3,8 +3,9 @@
 A store is one HDF5 file, always written whole to a temporary name and renamed into
 place, so a reader never sees a half-written store. Work in progress goes to a journal
 folder beside it (``<store>.journal/``): each committed batch group is an ``.npz`` file,
-itself written to a temporary name, fsynced and renamed. A killed run loses at most the
-batches after its last commit; the next run reads the journal and embeds only the rest.
+itself written to a temporary name, fsynced and renamed (its members carry zip CRCs, so
+a damaged chunk is found and recomputed). A killed run loses at most the batches after
+its last commit; the next run reads the journal and embeds only the rest.
 
 Layout of a store::
 
@@ -12,12 +13,12 @@ Layout of a store::
     classes                           class names; labels index into them (-1: none)
     features/<name>                   float32 (rows, dim); "embedding" is the default
     skipped/{keys,stamps,reasons}     files that were not embedded, and why
-    attrs: provenance (JSON), manifest (digest of the source listing), format
+    attrs: provenance (JSON), manifest (digest of the source listing), format, sha256
+
+Every dataset holds the SHA-256 of its bytes in its ``sha256`` attribute (format 2).
 """
 from __future__ import annotations
 
-import errno
-import fcntl
 import hashlib
 import json
 import os
@@ -29,9 +30,12 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+from . import files
 from .errors import StoreError
+from .files import atomic_path
 
-FORMAT = 1
+FORMAT = 2  # 2: a checksum on every dataset and on the attributes; 1: on the features only
+FORMATS = (1, 2)  # what this version reads
 DEFAULT_LAYER = "embedding"  # the pooled penultimate features; other layers by their names
 SUFFIX = ".h5"
 
@@ -53,6 +57,11 @@ def _decode(arr: np.ndarray) -> np.ndarray:
         return arr.astype(str)  # a C-level cast when every key is ASCII, the common case
     except UnicodeDecodeError:
         return np.char.decode(arr, "utf-8", "surrogateescape")
+
+
+def printable(name: str) -> str:
+    """A file name for display: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 @dataclass
@@ -161,29 +170,7 @@ class _StoreFeatures:
             return out
 
 
-# --- atomic files ---------------------------------------------------------------------------
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def atomic_path(path: Path):
-    """Yield a temporary path beside ``path``; on success it is fsynced and renamed over it."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        yield tmp
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    finally:
-        tmp.unlink(missing_ok=True)
+# --- the journal -------------------------------------------------------------------------
 
 
 class Journal:
@@ -245,20 +232,9 @@ class Journal:
 @contextmanager
 def write_lock(store_path: Path, busy: str | None = None):
     """One writer per store: a second process fails at once with a clear message
-    (``busy``, when given, replaces the store's).
-
-    A POSIX record lock (``lockf``), not ``flock``: forked DataLoader workers do not
-    inherit it, so a killed run's orphaned workers cannot keep the store locked.
-    """
-    lock_path = store_path.with_name(store_path.name + ".lock")
-    with open(lock_path, "a+") as fh:
-        try:
-            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            raise StoreError(busy or f"{store_path}: another featx process is writing this store; "
-                             "wait for it to finish") from None
+    (``busy``, when given, replaces the store's); see :func:`featx.files.write_lock`."""
+    with files.write_lock(store_path, busy or f"{store_path}: another featx process is writing this store; "
+                          "wait for it to finish", StoreError):
         yield
 
 
@@ -279,31 +255,59 @@ def digest(obj) -> str:
 
 
 def write_store(path: Path, rows: Rows, labels: np.ndarray, classes: list[str], provenance: dict, manifest: str) -> None:
-    """Write a complete store atomically (temporary file, fsync, rename)."""
+    """Write a complete store atomically (temporary file, fsync, rename).
+
+    Every dataset records the SHA-256 of its bytes, and the file its attributes', so
+    :func:`verify` finds a truncated or bit-flipped store; HDF5's own metadata carries
+    checksums too (file format of HDF5 1.8 and later).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        with h5py.File(tmp, "w") as f:
-            f.attrs["format"] = FORMAT
-            f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
-            f.attrs["manifest"] = manifest
-            f["keys"] = _encode(rows.keys)
-            f["stamps"] = _encode(rows.stamps)
-            f["sha256"] = _encode(rows.sha256)
-            f["labels"] = np.asarray(labels, dtype=np.int64)
-            f["classes"] = _encode(classes)
-            for name, x in rows.features.items():
-                # contiguous layout (no chunk padding), filled block by block
-                ds = f.create_dataset(f"features/{name}", shape=x.shape, dtype=np.float32)
-                h = hashlib.sha256()
-                for start in range(0, x.shape[0], WRITE_BLOCK):
-                    block = np.ascontiguousarray(take(x, np.arange(start, min(start + WRITE_BLOCK, x.shape[0]))),
-                                                 dtype=np.float32)
-                    ds[start:start + len(block)] = block
-                    h.update(block.tobytes())
-                ds.attrs["sha256"] = h.hexdigest()
-            f["skipped/keys"] = _encode(rows.skipped_keys)
-            f["skipped/stamps"] = _encode(rows.skipped_stamps)
-            f["skipped/reasons"] = _encode(rows.skipped_reasons)
+        f = h5py.File(tmp, "w", libver="v108")
+        try:
+            _fill(f, rows, labels, classes, provenance, manifest)
+            f.close()
+        except BaseException:
+            # HDF5 flushes when the file closes; after a failed write (a full disk) that
+            # flush fails too and the library crashes the process at exit. Emptying the
+            # temporary file first gives the flush room, and it is deleted anyway.
+            os.truncate(tmp, 0)
+            f.close()
+            raise
+
+
+def _put(group, name: str, data: np.ndarray) -> None:
+    group[name] = data
+    group[name].attrs["sha256"] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+def _attrs_digest(provenance: str, manifest: str) -> str:
+    return hashlib.sha256(json.dumps([provenance, manifest]).encode()).hexdigest()
+
+
+def _fill(f, rows: Rows, labels, classes, provenance: dict, manifest: str) -> None:
+    f.attrs["format"] = FORMAT
+    f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+    f.attrs["manifest"] = manifest
+    f.attrs["sha256"] = _attrs_digest(f.attrs["provenance"], manifest)
+    _put(f, "keys", _encode(rows.keys))
+    _put(f, "stamps", _encode(rows.stamps))
+    _put(f, "sha256", _encode(rows.sha256))
+    _put(f, "labels", np.asarray(labels, dtype=np.int64))
+    _put(f, "classes", _encode(classes))
+    for name, x in rows.features.items():
+        # contiguous layout (no chunk padding), filled block by block
+        ds = f.create_dataset(f"features/{name}", shape=x.shape, dtype=np.float32)
+        h = hashlib.sha256()
+        for start in range(0, x.shape[0], WRITE_BLOCK):
+            block = np.ascontiguousarray(take(x, np.arange(start, min(start + WRITE_BLOCK, x.shape[0]))),
+                                         dtype=np.float32)
+            ds[start:start + len(block)] = block
+            h.update(block.tobytes())
+        ds.attrs["sha256"] = h.hexdigest()
+    _put(f, "skipped/keys", _encode(rows.skipped_keys))
+    _put(f, "skipped/stamps", _encode(rows.skipped_stamps))
+    _put(f, "skipped/reasons", _encode(rows.skipped_reasons))
 
 
 @contextmanager
@@ -316,7 +320,7 @@ def _open(path: str | os.PathLike):
     except OSError as exc:
         raise StoreError(f"{path}: not a readable HDF5 store ({exc})") from None
     try:
-        if f.attrs.get("format") != FORMAT:
+        if f.attrs.get("format") not in FORMATS:
             raise StoreError(f"{path}: not a featx store (format {f.attrs.get('format')!r})")
         yield f
     except KeyError as exc:
@@ -364,7 +368,7 @@ def info(path: str | os.PathLike) -> dict:
             "classes": list(_decode(f["classes"][()])),
             "features": {n: list(f["features"][n].shape) for n in f["features"]},
             "skipped": [
-                {"key": k, "reason": r}
+                {"key": printable(k), "reason": r}
                 for k, r in zip(_decode(f["skipped/keys"][()]), _decode(f["skipped/reasons"][()]))
             ],
             "provenance": json.loads(f.attrs["provenance"]),
@@ -373,32 +377,62 @@ def info(path: str | os.PathLike) -> dict:
 
 
 def verify(path: str | os.PathLike) -> list[str]:
-    """Problems found in a store (an empty list means it is sound)."""
+    """Problems found in a store (an empty list means it is sound): every dataset against
+    its recorded checksum, the attributes against theirs, row counts and label range."""
     problems = []
     try:
         with _open(path) as f:
+            strict = f.attrs["format"] >= 2
+            if strict and f.attrs.get("sha256") != _attrs_digest(f.attrs["provenance"], f.attrs["manifest"]):
+                problems.append("provenance or manifest does not match its recorded checksum")
             n = f["keys"].shape[0]
             for name in ("stamps", "sha256", "labels"):
                 if f[name].shape[0] != n:
                     problems.append(f"{name} has {f[name].shape[0]} rows, keys has {n}")
+            names = ["keys", "stamps", "sha256", "labels", "classes", "skipped/keys", "skipped/stamps",
+                     "skipped/reasons"] if strict else []
+            for name in names:
+                recorded = f[name].attrs.get("sha256")
+                if recorded != hashlib.sha256(np.ascontiguousarray(f[name][()]).tobytes()).hexdigest():
+                    problems.append(f"{name} does not match its recorded checksum")
             n_classes = f["classes"].shape[0]
             labels = f["labels"][()]
             if labels.size and (labels.min() < -1 or labels.max() >= n_classes):
                 problems.append("labels point outside the class list")
             for name in f["features"]:
-                ds = f["features"][name]
-                x = ds[()]
-                if x.shape[0] != n:
-                    problems.append(f"features/{name} has {x.shape[0]} rows, keys has {n}")
-                if hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest() != ds.attrs.get("sha256"):
-                    problems.append(f"features/{name} does not match its recorded checksum")
-                if not np.isfinite(x).all():
-                    problems.append(f"features/{name} holds NaN or infinite values")
+                problems += _verify_features(f["features"][name], name, n)
     except StoreError as exc:
         problems.append(str(exc))
-    except OSError as exc:  # damage that h5py finds only when reading data
-        problems.append(f"{path}: unreadable ({exc})")
+    except (OSError, RuntimeError) as exc:  # damage that h5py finds only when reading data
+        problems.append(f"{path}: unreadable ({str(exc).splitlines()[0]})")
     return problems
+
+
+def _verify_features(ds, name: str, n: int) -> list[str]:
+    """Checksum and finiteness of one features dataset, read block by block."""
+    problems = []
+    if ds.shape[0] != n:
+        problems.append(f"features/{name} has {ds.shape[0]} rows, keys has {n}")
+    h, finite = hashlib.sha256(), True
+    for start in range(0, ds.shape[0], WRITE_BLOCK):
+        block = np.ascontiguousarray(ds[start:start + WRITE_BLOCK])
+        h.update(block.tobytes())
+        finite = finite and bool(np.isfinite(block).all())
+    if h.hexdigest() != ds.attrs.get("sha256"):
+        problems.append(f"features/{name} does not match its recorded checksum")
+    if not finite:
+        problems.append(f"features/{name} holds NaN or infinite values")
+    return problems
+
+
+def check_provenance(path: str | os.PathLike, found: dict, wanted: dict) -> None:
+    """Refuse a store whose provenance ``found`` differs from ``wanted`` in any of the
+    keys ``wanted`` gives (backbone identity, precision, runtime, source)."""
+    differs = [k for k in wanted if found.get(k) != wanted[k]]
+    if differs:
+        raise StoreError(f"{path}: was written with other {', '.join(differs)} than requested "
+                         f"(it holds {json.dumps({k: found.get(k) for k in differs}, sort_keys=True)}); "
+                         f"refusing to use it: remove it with `featx cache rm {Path(path).name}`")
 
 
 def list_stores(cache_dir: str | os.PathLike) -> list[Path]:

@@ -48,3 +48,52 @@ def test_a_store_written_in_blocks_equals_one_written_at_once(tmp_path, monkeypa
         np.testing.assert_array_equal(f["features/embedding"][()], g["features/embedding"][()])
         assert f["features/embedding"].attrs["sha256"] == g["features/embedding"].attrs["sha256"]
     assert store.verify(tmp_path / "blocks.h5") == []
+
+
+def _flip(path, offset):
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x10
+    path.write_bytes(bytes(data))
+
+
+def _offset(path, name):
+    """Where the middle byte of a dataset lies in the file."""
+    with h5py.File(path, "r") as f:
+        return f[name].id.get_offset() + f[name].id.get_storage_size() // 2
+
+
+def test_verify_finds_a_flipped_bit_in_any_dataset_and_a_truncated_file(tmp_path):
+    import shutil
+
+    good = tmp_path / "good.h5"
+    r = rows(50, dim=16)
+    r.skipped_keys, r.skipped_stamps, r.skipped_reasons = np.array(["bad.jpg"]), np.array(["1:2"]), np.array(["empty"])
+    write_store(good, r, np.arange(50) % 3, ["a", "b", "c"], {"backbone": {"name": "x"}}, "m")
+    assert store.verify(good) == []
+    for name in ("features/embedding", "keys", "stamps", "sha256", "labels", "classes", "skipped/keys",
+                 "skipped/reasons"):
+        bad = tmp_path / "bad.h5"
+        shutil.copy(good, bad)
+        _flip(bad, _offset(bad, name))
+        problems = store.verify(bad)
+        assert any(p.startswith(name) for p in problems), (name, problems)
+    # the provenance lives in HDF5's object header, which carries its own checksum
+    bad = tmp_path / "bad.h5"
+    shutil.copy(good, bad)
+    data = bad.read_bytes()
+    _flip(bad, data.index(b'{"backbone"') + 3)
+    assert store.verify(bad) != []
+    truncated = tmp_path / "truncated.h5"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    assert len(store.verify(truncated)) == 1
+    assert "not a readable HDF5 store" in store.verify(truncated)[0] or "unreadable" in store.verify(truncated)[0]
+
+
+def test_stores_of_the_first_format_still_read_and_verify(tmp_path):
+    path = tmp_path / "old.h5"
+    write_store(path, rows(5), np.zeros(5, int), ["x"], {}, "")
+    with h5py.File(path, "r+") as f:  # what format 1 wrote: a checksum on the features only
+        f.attrs["format"] = 1
+        del f.attrs["sha256"]
+        del f["keys"].attrs["sha256"]
+    assert store.verify(path) == [] and len(read_rows(path)[0]) == 5

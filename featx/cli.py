@@ -34,6 +34,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _on_error(p: argparse.ArgumentParser, default: str | None = "skip") -> None:
+    p.add_argument("--on-error", choices=["skip", "fail"], default=default,
+                   help="a file that cannot be used: skip records it with its reason and goes on (default"
+                        + (" the pipeline's extract.on_error, else skip" if default is None else "")
+                        + "); fail stops at the first, naming it")
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="featx", description="Frozen pretrained features for image collections.")
     p.add_argument("--version", action="version", version=f"featx {__version__}")
@@ -54,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
                    help="where JPEGs are decoded and resized: CPU workers, or batched on the CUDA device (nvJPEG)")
     e.add_argument("--workers", type=_non_negative, metavar="N", help="decoding processes (default: one per core, at most 8)")
+    _on_error(e)
 
     t = sub.add_parser("train", help="fit one head (with its hyper-parameter sweep) on a store; writes a model file")
     t.add_argument("--features", required=True, metavar="STORE", help="a store's path, or its name in the cache")
@@ -77,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     pr.add_argument("--batch-size", type=_positive, metavar="N", help="default: 64 on the CPU, 256 on CUDA")
     pr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     pr.add_argument("--workers", type=_non_negative, metavar="N")
+    _on_error(pr)
 
     f = sub.add_parser("finetune", help="fine-tune a backbone end-to-end (or train it from scratch); writes "
                        "DIR/model.pt and DIR/metrics.json")
@@ -109,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("pipeline", metavar="PIPELINE.yaml")
     r.add_argument("--out", metavar="DIR", help="output folder (default: reports/<pipeline name>)")
     r.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR")
+    _on_error(r, default=None)
 
     d = sub.add_parser("demo", help="the whole pipeline on a built-in generated dataset (offline), or on --data")
     d.add_argument("--out", default=os.path.join("reports", "demo"), metavar="DIR")
@@ -139,7 +149,7 @@ def _extract(args) -> int:
     result = extract(
         args.data, args.backbone, args.cache, weights=args.weights, layers=layers,
         image_size=args.image_size, batch_size=args.batch_size, precision=args.precision,
-        device=args.device, decode=args.decode, workers=args.workers, progress=True,
+        device=args.device, decode=args.decode, workers=args.workers, on_error=args.on_error, progress=True,
     )
     speed = f" at {result.images_per_second:.1f} images/s" if result.embedded else ""
     print(
@@ -173,7 +183,7 @@ def _predict(args) -> int:
 
     b = models.load(args.model)
     result = models.predict(b, args.data, args.cache, weights=args.weights, batch_size=args.batch_size,
-                            device=args.device, workers=args.workers, progress=True)
+                            device=args.device, workers=args.workers, on_error=args.on_error, progress=True)
     path = result.write_csv(args.out, top_k=args.top_k)
     acc = result.accuracy
     print(f"{len(result.keys)} images labelled, {len(result.skipped)} skipped"
@@ -220,6 +230,8 @@ def _run(args) -> int:
     from . import pipeline
 
     p = pipeline.load(args.pipeline)
+    if args.on_error:
+        p.extract["on_error"] = args.on_error
     out = args.out or os.path.join("reports", p.name)
     return _show(pipeline.run(p, out, args.cache, progress=True, log=_log), out)
 

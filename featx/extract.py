@@ -27,7 +27,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from . import __version__, store
 from .backbones import Backbone, load_backbone
-from .errors import FeatxError, SourceError, StoreError
+from .errors import FeatxError, SourceError, StoreError, WriteError
 from .frozen import frozen_embed, use_frozen
 from .gpu_decode import gpu_ready
 from .images import ImageDecodeError
@@ -38,6 +38,7 @@ from .store import (
     Journal,
     Rows,
     Taken,
+    check_provenance,
     digest,
     read_rows,
     store_path_for,
@@ -188,6 +189,7 @@ def extract(
     workers: int | None = None,
     commit_rows: int = 2048,
     commit_seconds: float = 30.0,
+    on_error: str = "skip",
     progress: bool = False,
 ) -> ExtractResult:
     """Embed every image of ``data`` with ``backbone`` into a store under ``cache_dir``.
@@ -196,6 +198,10 @@ def extract(
     (same key and stamp, in the store or the journal of an interrupted run) are reused.
     ``batch_size`` defaults to :func:`default_batch_size`; ``decode="gpu"`` decodes
     JPEGs on the CUDA device (see :mod:`featx.gpu_decode`), into a store of its own.
+
+    A file that cannot be used is recorded with its reason and skipped; with
+    ``on_error="fail"`` the first one stops the run instead (:class:`SourceError` naming
+    it), after committing the batches embedded before it.
     """
     source = data if isinstance(data, Source) else open_source(data)
     if not source.items:
@@ -214,6 +220,11 @@ def extract(
         batch_size = default_batch_size(dev)
     if batch_size < 1:
         raise FeatxError(f"--batch-size {batch_size}: must be at least 1")
+    if on_error not in ("skip", "fail"):
+        raise FeatxError(f"--on-error {on_error}: choose skip or fail")
+    if on_error == "fail" and source.problems:
+        key, reason = source.problems[0]
+        raise SourceError(f"{source.where(key)}: {reason}")
     frozen = use_frozen(dev, prec, len(source.items))
     path = store_path_for(cache_dir, source.name, backbone.architecture, store_key(source, backbone, prec, pre, frozen))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -226,36 +237,45 @@ def extract(
         if not journal.chunks() and store.manifest(path) == manifest:  # nothing changed
             done = store.info(path)
             return ExtractResult(path, done["rows"], 0, done["rows"], len(done["skipped"]), 0.0, prec, dev.type)
+        wanted = {"backbone": identity(backbone, pre), "precision": prec,
+                  "runtime": "torchscript-frozen" if frozen else "eager", "source": source.spec}
         old = None
         if path.exists():
             try:
                 old = read_rows(path, lazy=True)
             except StoreError:
                 pass  # unreadable: rebuilt below and replaced atomically
+        if old:
+            found = dict(old[3])
+            found["backbone"] = {**found.get("backbone", {}), "name": backbone.name, "weights": backbone.weights}
+            check_provenance(path, found, wanted)
         names = [DEFAULT_LAYER, *backbone.layers]
         journaled = journal.read()
         pool = Rows.concat(([old[0]] if old else []) + journaled, names, backbone.dims)
         todo = _plan(source, pool)
+        if on_error == "fail":
+            _fail_on_known(source, pool)
 
         start = time.perf_counter()
-        new_parts = _embed(source, todo, backbone, pre, frozen, journal, dev, prec, batch_size,
-                           default_workers(dev) if workers is None else workers,
-                           commit_rows, commit_seconds, progress)
+        try:
+            new_parts = _embed(source, todo, backbone, pre, frozen, journal, dev, prec, batch_size,
+                               default_workers(dev) if workers is None else workers,
+                               commit_rows, commit_seconds, on_error, progress)
+        except WriteError as exc:
+            raise WriteError(f"{exc}; the batches committed before it are kept in {journal.dir} "
+                             "and the next run resumes from them") from None
         seconds = time.perf_counter() - start
         embedded = sum(len(p) for p in new_parts)
 
         rows, labels, transient = _assemble(source, [pool, *new_parts], names, backbone.dims)
         before = old[3].get("throughput", {}) if old else {}
         provenance = {
+            **wanted,
             "featx": __version__,
             "torch": torch.__version__,
             "timm": _version("timm"),
             "torchvision": _version("torchvision"),
-            "backbone": identity(backbone, pre),
-            "precision": prec,
-            "runtime": "torchscript-frozen" if frozen else "eager",
             "device": dev.type,
-            "source": source.spec,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             # every image this store's runs embedded, and the time it took: its speed
             "throughput": {"images": before.get("images", 0) + embedded,
@@ -266,7 +286,11 @@ def extract(
         # changed nothing, the store is left as it is.
         stored_manifest = "" if transient else manifest
         if not (old and not journaled and not embedded and _same(old, rows, labels, source.classes, stored_manifest)):
-            write_store(path, rows, labels, source.classes, provenance, stored_manifest)
+            try:
+                write_store(path, rows, labels, source.classes, provenance, stored_manifest)
+            except WriteError as exc:
+                raise WriteError(f"{exc}; {path.name} is unchanged, and the images embedded in this run "
+                                 f"are kept in {journal.dir} for the next run") from None
         journal.clear()
     return ExtractResult(path, len(rows), embedded, len(rows) - embedded, len(rows.skipped_keys), seconds, prec, dev.type)
 
@@ -288,7 +312,17 @@ def _version(module: str) -> str:
         return ""
 
 
-def _embed(source, todo, backbone, pre, frozen, journal, dev, prec, batch_size, workers, commit_rows, commit_seconds, progress):
+def _fail_on_known(source: Source, pool: Rows) -> None:
+    """For ``on_error="fail"``: stop on a current file that an earlier run skipped."""
+    current = {(it.key, it.stamp) for it in source.items}
+    keys = {it.key for it in source.items}
+    for k, st, reason in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist(), pool.skipped_reasons.tolist()):
+        if (k, st) in current or (not st and k in keys):
+            raise SourceError(f"{source.where(k)}: {reason}")
+
+
+def _embed(source, todo, backbone, pre, frozen, journal, dev, prec, batch_size, workers, commit_rows, commit_seconds,
+           on_error, progress):
     """Embed ``todo`` in batches, committing whole batches to the journal as it goes.
 
     Commits run on a background thread, overlapped with the next batches' compute; at
@@ -345,6 +379,11 @@ def _embed(source, todo, backbone, pre, frozen, journal, dev, prec, batch_size, 
                     ok = ok + [s for s, _ in good]
                     on_dev = ([batch.to(dev, non_blocking=True)] if batch is not None else []) + [im[None] for _, im in good]
                     batch = torch.cat(on_dev) if on_dev else None
+                if failed and on_error == "fail":  # keep the batches before this one, then stop
+                    commit()
+                    commit()
+                    i, _, reason, _ = min(failed, key=lambda s: s[0])
+                    raise SourceError(f"{source.where(todo[i].key)}: {reason}")
                 feats = {n: np.zeros((0, backbone.dims[n]), np.float32) for n in names}
                 if batch is not None:
                     x = pre.normalize(batch.to(dev, non_blocking=True)).contiguous(memory_format=torch.channels_last)

@@ -1,15 +1,24 @@
 """Fitted models: a head trained on a store's features, saved with what it needs to predict.
 
-A bundle is a joblib file holding the fitted head, the backbone's identity (name,
-weights SHA-256, preprocessing), the layer and precision of the features, the class
-names and the validation metrics. Beside it, ``<file>.json`` records the file's SHA-256
-and the same facts in readable form. A joblib file runs code when it is loaded, so
-``load`` refuses a file whose digest does not match its sidecar.
+A bundle holds the fitted head, the backbone's identity (name, weights SHA-256,
+preprocessing), the layer and precision of the features, the class names and the
+validation metrics. Beside it, ``<file>.json`` records the file's SHA-256 and the same
+facts in readable form.
+
+Two formats, chosen by the file's suffix:
+
+- joblib (any other suffix): loading a joblib file runs code, so ``load`` refuses one
+  without a sidecar or whose bytes do not match it, and unpickles the very bytes it
+  checked.
+- skops (``.skops``): loading runs no code from the file; only the types of featx's
+  heads (and the few scikit-learn parts they hold) are built, so a file from someone
+  else loads safely, sidecar or not (a sidecar that does not match is still refused).
 """
 from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import time
@@ -21,8 +30,9 @@ import numpy as np
 
 from . import __version__, store
 from .errors import FeatxError
+from .files import atomic_path, write_bytes
 from .heads import make_head
-from .store import DEFAULT_LAYER, atomic_path
+from .store import DEFAULT_LAYER
 
 FORMAT = 1
 
@@ -97,16 +107,40 @@ def _sidecar(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
+SKOPS_SUFFIX = ".skops"
+
+# What a skops bundle may build besides plain data: featx's heads and the parts of
+# scikit-learn they hold that skops does not trust by default. Nothing else.
+SKOPS_TRUSTED = {
+    "featx.heads.LogRegHead", "featx.heads.LinearSVMHead", "featx.heads.RidgeHead", "featx.heads.KNNHead",
+    "featx.heads.NearestCentroidHead", "featx.heads.MLPHead", "featx.heads.HGBHead", "featx.heads._RowSpan",
+    "featx.heads._CosineCentroids", "featx.logreg.TorchLogisticRegression", "featx.knn.CosineKNN",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+}
+
+
+def _is_skops(path: Path) -> bool:
+    return path.suffix == SKOPS_SUFFIX
+
+
 def save(b: dict, path: str | os.PathLike) -> Path:
-    """Write a bundle and its sidecar, each atomically (the sidecar last)."""
+    """Write a bundle (skops for a ``.skops`` file, else joblib) and its sidecar, each
+    atomically (the sidecar last)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp:
-        joblib.dump(b, tmp)
-        sha = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    if _is_skops(path):
+        import skops.io
+
+        data = skops.io.dumps(b)
+    else:
+        buf = io.BytesIO()
+        joblib.dump(b, buf)
+        data = buf.getvalue()
+    write_bytes(path, data)
     facts = {k: v for k, v in b.items() if k != "model"}
-    with atomic_path(_sidecar(path)) as tmp:
-        tmp.write_text(json.dumps({"sha256": sha, **facts}, indent=2) + "\n")
+    write_bytes(_sidecar(path), (json.dumps({"sha256": hashlib.sha256(data).hexdigest(), **facts}, indent=2)
+                                 + "\n").encode())
     return path
 
 
@@ -125,13 +159,33 @@ def load(path: str | os.PathLike) -> dict:
     try:
         expected = json.loads(side.read_text())["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise ModelError(f"{path}: no valid sidecar {side.name} recording its SHA-256; refusing to load it") from None
-    if hashlib.sha256(data).hexdigest() != expected:
+        if not _is_skops(path) or side.exists():
+            raise ModelError(f"{path}: no valid sidecar {side.name} recording its SHA-256; refusing to load it "
+                             "(a joblib file runs code when loaded; a .skops file does not need one)") from None
+        expected = None
+    if expected is not None and hashlib.sha256(data).hexdigest() != expected:
         raise ModelError(f"{path}: SHA-256 does not match {side.name}; the file was altered, refusing to load it")
-    b = joblib.load(path)
+    b = _load_skops(path, data) if _is_skops(path) else joblib.load(io.BytesIO(data))  # the bytes checked
     if not isinstance(b, dict) or b.get("format") != FORMAT:
         raise ModelError(f"{path}: not a featx model bundle (format {FORMAT})")
     return b
+
+
+def _load_skops(path: Path, data: bytes) -> dict:
+    import skops.io
+
+    try:
+        untrusted = set(skops.io.get_untrusted_types(data=data))
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign file fails in many ways
+        raise ModelError(f"{path}: not a readable skops file ({exc})") from None
+    foreign = sorted(untrusted - SKOPS_TRUSTED)
+    if foreign:
+        raise ModelError(f"{path}: holds types featx does not build from a file ({', '.join(foreign)}); "
+                         "refusing to load it")
+    try:
+        return skops.io.loads(data, trusted=sorted(untrusted))
+    except Exception as exc:  # noqa: BLE001
+        raise ModelError(f"{path}: not a readable skops file ({exc})") from None
 
 
 def train(features: str | os.PathLike, head: str, *, val: str | os.PathLike | None = None,
@@ -148,7 +202,10 @@ def train(features: str | os.PathLike, head: str, *, val: str | os.PathLike | No
         yv = align_labels(yv, vclasses, classes, str(val))
         X, y = np.concatenate([X, Xv]), np.concatenate([y, yv])
         val_mask = np.r_[np.zeros(len(y) - len(yv), bool), np.ones(len(yv), bool)]
-    model, metrics, seconds = fit(X, y, head, val_mask=val_mask, val_fraction=val_fraction, seed=seed)
+    try:
+        model, metrics, seconds = fit(X, y, head, val_mask=val_mask, val_fraction=val_fraction, seed=seed)
+    except FeatxError as exc:
+        raise FeatxError(f"{features}: {exc}") from None
     metrics["fit_seconds"] = round(seconds, 3)
     return bundle(model, head, provenance, classes, layer, metrics)
 
@@ -173,7 +230,7 @@ class Predictions:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         order = np.argsort(-self.proba, axis=1, kind="stable")[:, :top_k]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label", "probability", "top_k", "true_label", "error"])
             for i, key in enumerate(self.keys):
@@ -186,7 +243,7 @@ class Predictions:
 
 def predict(b: dict, data, cache_dir: str | os.PathLike = "cache", *, weights: str | None = None,
             batch_size: int | None = None, device: str = "auto", workers: int | None = None,
-            progress: bool = False) -> Predictions:
+            on_error: str = "skip", progress: bool = False) -> Predictions:
     """Classify every image of ``data`` with a bundle: backbone (through the store), then head."""
     from .backbones import load_backbone
     from .extract import extract
@@ -201,7 +258,7 @@ def predict(b: dict, data, cache_dir: str | os.PathLike = "cache", *, weights: s
             f"was trained on ({ident['weights']}, {ident['weights_sha256'][:12]}); pass that file with --weights"
         )
     result = extract(data, backbone, cache_dir, batch_size=batch_size, precision=b["precision"],
-                     device=device, workers=workers, progress=progress)
+                     device=device, workers=workers, on_error=on_error, progress=progress)
     X, y, keys, classes = store.load(result.path, b["layer"])
     skipped = [(s["key"], s["reason"]) for s in store.info(result.path)["skipped"]]
     model, names = b["model"], b["classes"]

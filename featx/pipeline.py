@@ -11,7 +11,8 @@ heads does no extraction. Relative data paths are read from the directory featx 
       # test_fraction: 0.25 used when there is no test source: held out of train
       # per_class: {train: 500, test: 200}   a seeded random subset of each split
     backbones: [efficientnet_lite0, pixels]
-    extract: {image_size: 224, batch_size: 64, precision: auto, device: auto, decode: cpu, workers: 2}
+    extract: {image_size: 224, batch_size: 64, precision: auto, device: auto, decode: cpu, workers: 2,
+              on_error: skip}   # skip: record a bad file and go on; fail: stop at the first
     # (image_size is the networks' input; the pixels baseline stays at 32 x 32)
     heads: [logreg, linear_svm, knn]
     seed: 0
@@ -63,7 +64,8 @@ _SCHEMA = {
              "per_class": {"train": int, "val": int, "test": int}},
     "backbones": [str],
     "extract": {"image_size": int, "batch_size": int, "precision": ("auto", "fp32", "bf16", "fp16"),
-                "device": ("auto", "cpu", "cuda"), "decode": ("cpu", "gpu"), "workers": int},
+                "device": ("auto", "cpu", "cuda"), "decode": ("cpu", "gpu"), "workers": int,
+                "on_error": ("skip", "fail")},
     "heads": [str],
     "seed": int,
     "val_fraction": float,
@@ -225,7 +227,7 @@ class _Split:
 
 def _extract_options(p: Pipeline) -> dict:
     """The pipeline's ``extract:`` settings that ``featx.extract.extract`` takes."""
-    return {k: v for k, v in p.extract.items() if k in ("batch_size", "precision", "device", "decode", "workers")}
+    return {k: v for k, v in p.extract.items() if k in ("batch_size", "precision", "device", "decode", "workers", "on_error")}
 
 
 def _features(p: Pipeline, sources: dict, backbone: str, cache_dir, progress: bool):

@@ -42,6 +42,10 @@ class Source:
     def read(self, item: Item) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def where(self, key: str) -> str:
+        """Where the file of ``key`` is, as a user would find it (for messages)."""
+        return key
+
     def __len__(self) -> int:
         return len(self.items)
 
@@ -68,11 +72,20 @@ class ImageFolderSource(Source):
             raise SourceError(f"{root}: not a directory")
         super().__init__(spec=f"dir:{root.resolve()}", name=root.resolve().name)
         self.root = root
-        entries, problems = [], []
-        # os.walk does not follow symlinked folders, so a symlink loop cannot trap it.
-        for dirpath, dirnames, filenames in os.walk(root, onerror=None):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        entries, problems, seen = [], [], set()
+        # Symlinked folders are followed, each real folder listed once: a link that loops
+        # back is reported, not walked forever.
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=None):
             rel_dir = Path(dirpath).relative_to(root).as_posix()
+            st = os.stat(dirpath)
+            if (st.st_dev, st.st_ino) in seen:
+                problems.append((rel_dir + "/", "folder link leads to a folder already listed (not read twice)"))
+                dirnames[:] = []
+                continue
+            seen.add((st.st_dev, st.st_ino))
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            if rel_dir != "." and "/" not in rel_dir and not dirnames and all(f.startswith(".") for f in filenames):
+                problems.append((rel_dir + "/", "class folder holds no files"))
             for fn in sorted(filenames):
                 if fn.startswith("."):
                     continue
@@ -92,6 +105,9 @@ class ImageFolderSource(Source):
     def read(self, item: Item) -> bytes:
         with open(self.root / item.key, "rb") as fh:
             return fh.read()
+
+    def where(self, key: str) -> str:
+        return str(self.root / key)
 
 
 _TAR_RE = re.compile(r"^(?P<path>.+?\.tar)(?::(?P<prefix>.*))?$")
@@ -118,7 +134,7 @@ class TarSource(Source):
         self._fh_pid = None
         self._offsets: dict[str, tuple[int, int]] = {}
         entries, problems = {}, []
-        base = f"{prefix}/" if prefix else ""
+        base = self._base = f"{prefix}/" if prefix else ""
         # Member mtimes have one-second resolution and archives are often built with a
         # fixed one, so the archive's own size and mtime are part of every stamp; when the
         # archive is rewritten, unchanged members are recognised by their content hash.
@@ -128,9 +144,9 @@ class TarSource(Source):
             with tarfile.open(path, mode="r:") as tar:
                 for m in tar:
                     name = m.name.removeprefix("./")
-                    if base and not name.startswith(base):
+                    if base and not name.lstrip("/").startswith(base):  # an absolute name is reported below
                         continue
-                    rel = name[len(base):]
+                    rel = name.lstrip("/")[len(base):]
                     parts = PurePosixPath(rel).parts
                     if name.startswith("/") or ".." in parts:
                         problems.append((name, "unsafe member name (absolute or '..')"))
@@ -168,6 +184,9 @@ class TarSource(Source):
         offset, size = self._offsets[item.key]
         self._fh.seek(offset)
         return self._fh.read(size)
+
+    def where(self, key: str) -> str:
+        return f"{self.path}:{self._base}{key}"
 
 
 class CsvSource(Source):
@@ -215,6 +234,9 @@ class CsvSource(Source):
         with open(self.base / item.key, "rb") as fh:
             return fh.read()
 
+    def where(self, key: str) -> str:
+        return str(self.base / key)
+
 
 class SubsetSource(Source):
     """At most ``per_class`` images of each class of another source, drawn with ``seed``
@@ -234,6 +256,9 @@ class SubsetSource(Source):
     def read(self, item: Item) -> bytes:
         return self.base.read(item)
 
+    def where(self, key: str) -> str:
+        return self.base.where(key)
+
 
 class KeysSource(Source):
     """The items of another source whose keys are listed, in the base's order: one split of
@@ -248,6 +273,9 @@ class KeysSource(Source):
 
     def read(self, item: Item) -> bytes:
         return self.base.read(item)
+
+    def where(self, key: str) -> str:
+        return self.base.where(key)
 
 
 def open_source(spec: str | os.PathLike) -> Source:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from featx.extract import extract
-from featx.store import Journal, info, load, read_rows, remove
+from featx.store import Journal, info, load, read_rows, remove, verify
 
 from imagegen import jpeg_bytes, make_folder, photo
 
@@ -335,3 +335,23 @@ def test_the_chosen_precision_is_the_one_computed(tmp_path, lite0_small):
     cos = np.sum(X["fp32"] * X["bf16"], 1) / np.linalg.norm(X["fp32"], axis=1) / np.linalg.norm(X["bf16"], axis=1)
     assert not np.array_equal(X["fp32"], X["bf16"])  # bfloat16 really ran
     assert cos.min() > 0.99
+
+
+def test_a_store_whose_provenance_does_not_match_the_request_is_refused(tmp_path, lite0_small):
+    import json
+
+    import h5py
+    import pytest
+
+    from featx.errors import StoreError
+
+    make_folder(tmp_path / "data", {"a": 3})
+    path = extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0).path
+    with h5py.File(path, "r+") as f:  # as if another network's store had been put under this name
+        prov = json.loads(f.attrs["provenance"])
+        prov["backbone"]["weights_sha256"] = "0" * 64
+        f.attrs["provenance"] = json.dumps(prov)
+    (tmp_path / "data" / "a" / "new.jpg").write_bytes(jpeg_bytes(photo(99)))
+    with pytest.raises(StoreError, match=r"was written with other backbone than requested .*featx cache rm"):
+        extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)
+    assert verify(path) == ["provenance or manifest does not match its recorded checksum"]

@@ -107,3 +107,38 @@ def test_predict_refuses_a_tampered_model_in_one_line(trained, tmp_path, capsys)
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "refusing to load" in err and str(copy) in err
     assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_skops_bundle_loads_without_its_sidecar_and_predicts_the_same(trained, tmp_path):
+    _, _, store_path, path = trained
+    b = models.load(path)
+    shared = models.save(b, tmp_path / "m.skops")
+    shared.with_name("m.skops.json").unlink()  # a file received from someone else
+    again = models.load(shared)
+    X = load(store_path)[0]
+    np.testing.assert_array_equal(again["model"].predict_proba(X), b["model"].predict_proba(X))
+    assert again["classes"] == b["classes"] and again["backbone"] == b["backbone"]
+
+
+class Planted:  # a type no featx model holds
+    def __reduce__(self):
+        return (print, ("ran code",))
+
+
+def test_a_skops_file_holding_other_types_or_altered_is_refused(trained, tmp_path):
+    import skops.io
+
+    b = models.load(trained[3])
+    planted = tmp_path / "planted.skops"
+    planted.write_bytes(skops.io.dumps({**b, "model": Planted()}))
+    with pytest.raises(models.ModelError, match=r"holds types featx does not build from a file \(.*Planted"):
+        models.load(planted)
+    path = models.save(b, tmp_path / "m.skops")
+    data = bytearray(path.read_bytes())
+    data[-30] ^= 1
+    path.write_bytes(bytes(data))
+    with pytest.raises(models.ModelError, match="SHA-256 does not match"):
+        models.load(path)
+    path.with_name("m.skops.json").unlink()
+    with pytest.raises(models.ModelError, match="not a readable skops file"):
+        models.load(path)

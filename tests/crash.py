@@ -1,0 +1,102 @@
+"""Helpers for the kill tests: run featx in a child process, SIGKILL it, check what it
+left behind, and compare stores."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from featx import store
+from featx.store import read_rows
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def featx_process(args: list[str], cwd: Path, prelude: str = "") -> subprocess.Popen:
+    """``featx ARGS`` in a child process; ``prelude`` runs first (to plant a fault)."""
+    code = f"{prelude}\nimport sys\nfrom featx.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_featx(args: list[str], cwd: Path, prelude: str = "") -> tuple[int, str, str, float]:
+    """(exit status, stdout, stderr, seconds) of ``featx ARGS`` run to its end."""
+    start = time.monotonic()
+    proc = featx_process(args, cwd, prelude)
+    out, err = proc.communicate(timeout=600)
+    return proc.returncode, out, err, time.monotonic() - start
+
+
+# A long extraction commits every 2,048 images; the small jobs of the tests commit every
+# batch, so that a kill can land between commits.
+COMMIT_EVERY_BATCH = "import featx.extract as E\nE.extract.__kwdefaults__['commit_rows'] = 1\n"
+
+
+def kill_after(args: list[str], cwd: Path, seconds: float, prelude: str = "") -> bool:
+    """Start ``featx ARGS`` and SIGKILL it after ``seconds``; False if it ended first."""
+    proc = featx_process(args, cwd, prelude)
+    try:
+        proc.wait(timeout=seconds)
+        return False
+    except subprocess.TimeoutExpired:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return True
+    finally:
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def phase(cache: Path) -> str:
+    """What an extraction had got to when it was killed, from what it left in ``cache``."""
+    chunks = list(cache.glob("*.journal/*.npz"))
+    if list(cache.glob(".*.h5.tmp-*")):
+        return "writing the store"
+    if list(cache.glob("*.h5")):
+        return "store written" + (", journal not yet cleared" if chunks else "")
+    if chunks:
+        return "embedding, journal committed"
+    if list(cache.glob("*.journal")):
+        return "embedding, first commit in progress"
+    return "starting up"
+
+
+def assert_intact(*folders: Path) -> None:
+    """Every file featx left is readable; temporaries are only hidden ``.*.tmp-<pid>`` files."""
+    from featx.finetune import load_checkpoint
+
+    for folder in folders:
+        for p in folder.rglob("*"):
+            if not p.is_file() or p.name.endswith(".lock") or ".tmp-" in p.name and p.name.startswith("."):
+                continue
+            if p.suffix == ".h5":
+                assert store.verify(p) == [], p
+            elif p.suffix == ".json":
+                json.loads(p.read_text())
+            elif p.suffix == ".npz":
+                with np.load(p, allow_pickle=False) as z:
+                    [z[k] for k in z.files]
+            elif p.suffix == ".pt":
+                load_checkpoint(p)
+            elif p.suffix in (".md", ".html"):
+                p.read_text()
+            elif p.suffix == ".png":
+                assert p.read_bytes().startswith(b"\x89PNG")
+
+
+def store_equal(a: Path, b: Path) -> None:
+    """Same rows, order, labels, classes, skipped files and bit-identical features."""
+    ra, la, ca, *_ = read_rows(a)
+    rb, lb, cb, *_ = read_rows(b)
+    assert ca == cb and np.array_equal(la, lb)
+    assert list(ra.keys) == list(rb.keys) and list(ra.sha256) == list(rb.sha256)
+    assert list(ra.skipped_keys) == list(rb.skipped_keys) and list(ra.skipped_reasons) == list(rb.skipped_reasons)
+    assert set(ra.features) == set(rb.features)
+    for name in ra.features:
+        assert np.array_equal(ra.features[name], rb.features[name]), name

@@ -1,0 +1,158 @@
+"""SIGKILL at any moment: every file featx wrote stays readable (or is cleanly absent),
+and the rerun finishes with the result an uninterrupted run gives.
+
+The default suite kills an extraction at two random moments and at each critical
+step of writing (a journal chunk, the store, clearing the journal), a pipeline run and a
+head fit once each; ``pytest -m slow`` kills an extraction 50 times and prints where
+the kills landed.
+"""
+from __future__ import annotations
+
+import json
+import random
+import shutil
+from collections import Counter
+
+import pytest
+from crash import (
+    COMMIT_EVERY_BATCH,
+    assert_intact,
+    kill_after,
+    phase,
+    run_featx,
+    store_equal,
+)
+from imagegen import jpeg_bytes, make_folder, photo
+
+from featx import models
+
+EXTRACT = ["extract", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    """A folder of 96 images (two broken), and the store an uninterrupted run makes of it."""
+    tmp = tmp_path_factory.mktemp("crash")
+    data = make_folder(tmp / "data", {"a": 48, "b": 46})
+    (data / "a" / "broken.jpg").write_bytes(jpeg_bytes(photo(1))[:600])
+    (data / "b" / "empty.jpg").write_bytes(b"")
+    rc, out, err, seconds = run_featx([*EXTRACT, "--data", str(data), "--cache", str(tmp / "reference")], tmp,
+                                      COMMIT_EVERY_BATCH)
+    assert rc == 0, err
+    return tmp, data, out.splitlines()[-1], seconds
+
+
+def _kill_and_rerun(job, tmp_path, seconds: float) -> str:
+    root, data, reference, _ = job
+    cache = tmp_path / "cache"
+    args = [*EXTRACT, "--data", str(data), "--cache", str(cache)]
+    killed = kill_after(args, root, seconds, COMMIT_EVERY_BATCH)
+    where = phase(cache) if killed else "finished before the kill"
+    assert_intact(cache)
+    rc, out, err, _ = run_featx(args, root)
+    assert rc == 0, err
+    result = out.splitlines()[-1]
+    store_equal(result, reference)
+    assert not list(cache.glob("*.journal")) and not list(cache.glob(".*.tmp-*")), list(cache.iterdir())
+    return where
+
+
+def test_extraction_killed_at_random_moments_resumes_to_the_reference_store(job, tmp_path):
+    rng = random.Random(0)
+    for trial in range(2):
+        _kill_and_rerun(job, tmp_path / str(trial), rng.uniform(0.4, 1.0) * job[3])
+
+
+@pytest.mark.slow
+def test_extraction_killed_fifty_times_always_resumes_to_the_reference_store(job, tmp_path):
+    rng = random.Random(1)
+    phases = Counter(_kill_and_rerun(job, tmp_path / str(trial), rng.uniform(0, 1.0) * job[3])
+                     for trial in range(50))
+    print(json.dumps({"kills": 50, "reference_seconds": round(job[3], 2), "landed": dict(phases),
+                      "reruns_equal_to_reference": 50}))
+    assert sum(n for p, n in phases.items() if p != "finished before the kill") >= 45
+
+
+# Faults planted in the child: SIGKILL exactly at one critical step of writing.
+_KILL = "import os, signal\ndef _die(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
+STEPS = {
+    # a journal chunk fully written to its temporary name, not yet renamed
+    "journal chunk before its rename": _KILL + (
+        "import featx.files as F\n_r = F.os.replace\n"
+        "F.os.replace = lambda a, b: _die() if str(b).endswith('00000003.npz') else _r(a, b)\n"),
+    # the store partly written under its temporary name
+    "store partly written": _KILL + (
+        "import featx.store as S\nS.WRITE_BLOCK = 32\n_t, _n = S.take, [0]\n"
+        "def take(x, rows):\n    _n[0] += 1\n    return _die() if _n[0] == 2 else _t(x, rows)\nS.take = take\n"),
+    # the store complete under its temporary name, not yet renamed
+    "store before its rename": _KILL + (
+        "import featx.files as F\n_r = F.os.replace\n"
+        "F.os.replace = lambda a, b: _die() if str(b).endswith('.h5') else _r(a, b)\n"),
+    # the store in place, the journal not yet cleared
+    "journal before it is cleared": _KILL + "import featx.store as S\nS.Journal.clear = _die\n",
+}
+
+
+@pytest.mark.parametrize("step", list(STEPS))
+def test_a_kill_at_each_step_of_writing_leaves_readable_files_and_the_rerun_equals_the_reference(job, tmp_path, step):
+    root, data, reference, _ = job
+    cache = tmp_path / "cache"
+    if step == "journal before it is cleared":  # an older store is replaced: it must survive the kill intact
+        shutil.copytree(root / "reference", cache)
+        (data / "a" / "new.jpg").write_bytes(jpeg_bytes(photo(999)))
+    args = [*EXTRACT, "--data", str(data), "--cache", str(cache), "--on-error", "skip"]
+    try:
+        rc, _, _, _ = run_featx(args, root, prelude=COMMIT_EVERY_BATCH + STEPS[step])
+        assert rc == -9, "the planted kill did not happen"
+        assert_intact(cache)
+        rc, out, err, _ = run_featx(args, root)
+        assert rc == 0, err
+        if step == "journal before it is cleared":
+            clean = tmp_path / "clean"
+            rc, ref, err, _ = run_featx([*EXTRACT, "--data", str(data), "--cache", str(clean)], root)
+            store_equal(out.splitlines()[-1], ref.splitlines()[-1])
+        else:
+            store_equal(out.splitlines()[-1], reference)
+        assert not list(cache.glob("*.journal")) and not list(cache.glob(".*.tmp-*"))
+    finally:
+        (data / "a" / "new.jpg").unlink(missing_ok=True)
+
+
+def test_a_killed_pipeline_run_leaves_readable_files_and_reruns_to_the_same_report(tmp_path):
+    data = make_folder(tmp_path / "data", {"a": 20, "b": 20, "c": 20})
+    (data / "a" / "broken.jpg").write_bytes(b"not a picture")
+    (tmp_path / "p.yaml").write_text(
+        f"name: crash\ndata: {{train: {data}, test_fraction: 0.3}}\nbackbones: [pixels]\n"
+        "heads: [logreg, knn, ridge]\nreport: {efficiency: {shots: [2, 5], draws: 2}}\n")
+    ref = ["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "ref"), "--cache", str(tmp_path / "refcache")]
+    rc, _, err, seconds = run_featx(ref, tmp_path)
+    assert rc == 0, err
+    args = ["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    for fraction in (0.75,):
+        kill_after(args, tmp_path, fraction * seconds)
+        assert_intact(tmp_path / "out", tmp_path / "cache")
+    rc, _, err, _ = run_featx(args, tmp_path)
+    assert rc == 0, err
+
+    def results(folder):
+        report = json.loads((folder / "report.json").read_text())
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in report["results"]]
+
+    assert results(tmp_path / "out") == results(tmp_path / "ref")
+
+
+def test_a_killed_head_fit_leaves_no_model_or_a_whole_one(tmp_path, job):
+    root, _, reference, _ = job
+    out = tmp_path / "m.joblib"
+    args = ["train", "--features", reference, "--head", "logreg", "--out", str(out)]
+    rc, _, err, seconds = run_featx(args, root)
+    assert rc == 0, err
+    out.unlink()
+    out.with_name("m.joblib.json").unlink()
+    for fraction in (0.6, 0.9):
+        kill_after(args, root, fraction * seconds)
+        if out.exists() and out.with_name("m.joblib.json").exists():
+            models.load(out)  # a model that is there is whole: its digest matches
+    rc, _, err, _ = run_featx(args, root)
+    assert rc == 0, err
+    assert models.load(out)["head"] == "logreg"

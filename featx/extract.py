@@ -234,11 +234,13 @@ def extract(
         for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a run killed mid-write
             stale.unlink(missing_ok=True)
         journal = Journal(path)
-        if not journal.chunks() and store.manifest(path) == manifest:  # nothing changed
-            done = store.info(path)
-            return ExtractResult(path, done["rows"], 0, done["rows"], len(done["skipped"]), 0.0, prec, dev.type)
         wanted = {"backbone": identity(backbone, pre), "precision": prec,
                   "runtime": "torchscript-frozen" if frozen else "eager", "source": source.spec}
+        if not journal.chunks() and store.manifest(path) == manifest:  # nothing changed
+            done = store.info(path)
+            _check_provenance(path, done["provenance"], wanted, backbone)
+            if not (on_error == "fail" and done["skipped"]):  # else: found and reported below
+                return ExtractResult(path, done["rows"], 0, done["rows"], len(done["skipped"]), 0.0, prec, dev.type)
         old = None
         if path.exists():
             try:
@@ -246,9 +248,7 @@ def extract(
             except StoreError:
                 pass  # unreadable: rebuilt below and replaced atomically
         if old:
-            found = dict(old[3])
-            found["backbone"] = {**found.get("backbone", {}), "name": backbone.name, "weights": backbone.weights}
-            check_provenance(path, found, wanted)
+            _check_provenance(path, old[3], wanted, backbone)
         names = [DEFAULT_LAYER, *backbone.layers]
         journaled = journal.read()
         pool = Rows.concat(([old[0]] if old else []) + journaled, names, backbone.dims)
@@ -310,6 +310,15 @@ def _version(module: str) -> str:
         return __import__(module).__version__
     except ImportError:
         return ""
+
+
+def _check_provenance(path: Path, provenance: dict, wanted: dict, backbone: Backbone) -> None:
+    """Refuse a store written by another network, weights, preprocessing, precision,
+    runtime or source than requested. The backbone's name is not part of that: the same
+    network and weights under another name share a store."""
+    found = {**provenance, "backbone": {**provenance.get("backbone", {}), "name": backbone.name,
+                                        "weights": backbone.weights}}
+    check_provenance(path, found, wanted)
 
 
 def _fail_on_known(source: Source, pool: Rows) -> None:

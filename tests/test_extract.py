@@ -351,7 +351,9 @@ def test_a_store_whose_provenance_does_not_match_the_request_is_refused(tmp_path
         prov = json.loads(f.attrs["provenance"])
         prov["backbone"]["weights_sha256"] = "0" * 64
         f.attrs["provenance"] = json.dumps(prov)
+    with pytest.raises(StoreError, match=r"was written with other backbone than requested .*featx cache rm"):
+        extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)  # the images are the same
     (tmp_path / "data" / "a" / "new.jpg").write_bytes(jpeg_bytes(photo(99)))
     with pytest.raises(StoreError, match=r"was written with other backbone than requested .*featx cache rm"):
-        extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)
+        extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)  # and with one more
     assert verify(path) == ["provenance or manifest does not match its recorded checksum"]

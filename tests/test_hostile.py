@@ -112,6 +112,11 @@ def test_on_error_fail_stops_at_the_first_bad_file_and_keeps_the_batches_before_
     committed = sum(len(p) for p in Journal(Path(str(journals[0]).removesuffix(".journal"))).read())
     assert committed == 8  # the two whole batches before the one holding the bad file
 
+    skipped = extract(data, lite0_small, tmp_path / "cache", batch_size=4, commit_rows=4, workers=1)
+    assert skipped.skipped == 1  # recorded; and a later run that asks to fail still finds it
+    with pytest.raises(SourceError, match="08_broken.jpg: cannot decode"):
+        extract(data, lite0_small, tmp_path / "cache", batch_size=4, commit_rows=4, workers=1, on_error="fail")
+
     (data / "a" / "08_broken.jpg").unlink()
     fixed = extract(data, lite0_small, tmp_path / "cache", batch_size=4, commit_rows=4, workers=1, on_error="fail")
-    assert (fixed.reused, fixed.embedded, fixed.skipped) == (8, 4, 0)
+    assert (fixed.reused, fixed.embedded, fixed.skipped) == (12, 0, 0)

@@ -38,10 +38,13 @@ def run_featx(args: list[str], cwd: Path, prelude: str = "") -> tuple[int, str, 
 COMMIT_EVERY_BATCH = "import featx.extract as E\nE.extract.__kwdefaults__['commit_rows'] = 1\n"
 
 
-def kill_after(args: list[str], cwd: Path, seconds: float, prelude: str = "") -> bool:
-    """Start ``featx ARGS`` and SIGKILL it after ``seconds``; False if it ended first."""
+def kill_after(args: list[str], cwd: Path, seconds: float, prelude: str = "", once=None) -> bool:
+    """Start ``featx ARGS`` and SIGKILL it ``seconds`` later, or ``seconds`` after
+    ``once()`` first holds; False if it ended first."""
     proc = featx_process(args, cwd, prelude)
     try:
+        while once is not None and proc.poll() is None and not once():
+            time.sleep(0.005)
         proc.wait(timeout=seconds)
         return False
     except subprocess.TimeoutExpired:
@@ -51,6 +54,26 @@ def kill_after(args: list[str], cwd: Path, seconds: float, prelude: str = "") ->
     finally:
         proc.stdout.close()
         proc.stderr.close()
+
+
+def work_window(args: list[str], cwd: Path, cache: Path, prelude: str = "") -> tuple[float, float, str]:
+    """Run ``featx ARGS`` to its end, watching ``cache``: (seconds until its first journal
+    chunk, seconds until its store was in place plus 0.2 s, its last line of output).
+    Kills aimed between the two land in the work itself rather than in Python's start-up
+    or shut-down."""
+    start = time.monotonic()
+    proc = featx_process(args, cwd, prelude)
+    first = stored = None
+    while proc.poll() is None:
+        now = time.monotonic() - start
+        if first is None and list(cache.glob("*.journal/*.npz")):
+            first = now
+        if stored is None and list(cache.glob("*.h5")):
+            stored = now
+        time.sleep(0.005)
+    out, err = proc.communicate()
+    assert proc.returncode == 0 and first is not None and stored is not None, err
+    return first, stored + 0.2, out.splitlines()[-1]
 
 
 def phase(cache: Path) -> str:

@@ -21,6 +21,7 @@ from crash import (
     phase,
     run_featx,
     store_equal,
+    work_window,
 )
 from imagegen import jpeg_bytes, make_folder, photo
 
@@ -31,22 +32,26 @@ EXTRACT = ["extract", "--backbone", "efficientnet_lite0", "--image-size", "64", 
 
 @pytest.fixture(scope="module")
 def job(tmp_path_factory):
-    """A folder of 96 images (two broken), and the store an uninterrupted run makes of it."""
+    """A folder of 192 images (two broken); the store an uninterrupted run makes of it,
+    and the seconds from that run's first commit to its store being in place."""
     tmp = tmp_path_factory.mktemp("crash")
-    data = make_folder(tmp / "data", {"a": 48, "b": 46})
+    data = make_folder(tmp / "data", {"a": 96, "b": 94})
     (data / "a" / "broken.jpg").write_bytes(jpeg_bytes(photo(1))[:600])
     (data / "b" / "empty.jpg").write_bytes(b"")
-    rc, out, err, seconds = run_featx([*EXTRACT, "--data", str(data), "--cache", str(tmp / "reference")], tmp,
-                                      COMMIT_EVERY_BATCH)
-    assert rc == 0, err
-    return tmp, data, out.splitlines()[-1], seconds
+    cache = tmp / "reference"
+    first, end, path = work_window([*EXTRACT, "--data", str(data), "--cache", str(cache)], tmp, cache,
+                                   COMMIT_EVERY_BATCH)
+    return tmp, data, path, (first, end)
 
 
-def _kill_and_rerun(job, tmp_path, seconds: float) -> str:
+def _kill_and_rerun(job, tmp_path, seconds: float, after_first_commit: bool) -> str:
+    """Kill an extraction ``seconds`` after its start (or after its first commit), check
+    what it left, rerun it and compare with the reference; returns where the kill landed."""
     root, data, reference, _ = job
     cache = tmp_path / "cache"
     args = [*EXTRACT, "--data", str(data), "--cache", str(cache)]
-    killed = kill_after(args, root, seconds, COMMIT_EVERY_BATCH)
+    committed = (lambda: any(cache.glob("*.journal/*.npz"))) if after_first_commit else None
+    killed = kill_after(args, root, seconds, COMMIT_EVERY_BATCH, once=committed)
     where = phase(cache) if killed else "finished before the kill"
     assert_intact(cache)
     rc, out, err, _ = run_featx(args, root)
@@ -59,18 +64,23 @@ def _kill_and_rerun(job, tmp_path, seconds: float) -> str:
 
 def test_extraction_killed_at_random_moments_resumes_to_the_reference_store(job, tmp_path):
     rng = random.Random(0)
-    for trial in range(2):
-        _kill_and_rerun(job, tmp_path / str(trial), rng.uniform(0.4, 1.0) * job[3])
+    first, end = job[3]
+    _kill_and_rerun(job, tmp_path / "0", rng.uniform(0, end), after_first_commit=False)
+    _kill_and_rerun(job, tmp_path / "1", rng.uniform(0, end - first), after_first_commit=True)
 
 
 @pytest.mark.slow
 def test_extraction_killed_fifty_times_always_resumes_to_the_reference_store(job, tmp_path):
+    """10 kills at any moment of the run, 40 at a moment after its first commit."""
     rng = random.Random(1)
-    phases = Counter(_kill_and_rerun(job, tmp_path / str(trial), rng.uniform(0, 1.0) * job[3])
-                     for trial in range(50))
-    print(json.dumps({"kills": 50, "reference_seconds": round(job[3], 2), "landed": dict(phases),
+    first, end = job[3]
+    anywhere = Counter(_kill_and_rerun(job, tmp_path / str(t), rng.uniform(0, end), False) for t in range(10))
+    working = Counter(_kill_and_rerun(job, tmp_path / str(t), rng.uniform(0, end - first), True)
+                      for t in range(10, 50))
+    print(json.dumps({"kills": 50, "reference_seconds": {"first_commit": round(first, 2), "store_in_place": round(end - 0.2, 2)},
+                      "landed_anywhere": dict(anywhere), "landed_after_first_commit": dict(working),
                       "reruns_equal_to_reference": 50}))
-    assert sum(n for p, n in phases.items() if p != "finished before the kill") >= 45
+    assert working["finished before the kill"] <= 10
 
 
 # Faults planted in the child: SIGKILL exactly at one critical step of writing.

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from . import __version__, store
 from .backbones import Backbone, load_backbone
 from .errors import FeatxError, SourceError, StoreError, WriteError
+from .files import remove_stale_temporaries
 from .frozen import frozen_embed, use_frozen
 from .gpu_decode import gpu_ready
 from .images import ImageDecodeError
@@ -231,8 +232,7 @@ def extract(
     manifest = _manifest(source)
 
     with write_lock(path):
-        for stale in path.parent.glob(f".{path.name}.tmp-*"):  # left by a run killed mid-write
-            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(path)  # left by a run killed mid-write
         journal = Journal(path)
         wanted = {"backbone": identity(backbone, pre), "precision": prec,
                   "runtime": "torchscript-frozen" if frozen else "eager", "source": source.spec}

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
 import os
 import sys
@@ -217,9 +219,11 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _show(report: dict, out) -> int:
+def _show(report: dict | None, out) -> int:
     from .report import summary
 
+    if report is None:  # a process of a torchrun job other than the first: it speaks for all
+        return 0
     for line in summary(report):
         print(line, file=sys.stderr)
     print(f"report: {os.path.join(out, 'report.html')}")
@@ -290,10 +294,25 @@ def _cache(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from . import distributed
+
     args = _parser().parse_args(argv)
     try:
         commands = {"extract": _extract, "train": _train, "predict": _predict, "finetune": _finetune, "run": _run, "demo": _demo, "cache": _cache}
-        return commands[args.command](args)
+        if not distributed.launched():
+            return commands[args.command](args)
+        if args.command not in ("extract", "run"):
+            raise FeatxError(f"{args.command}: not a command that runs under torchrun (extract and run do)")
+        # under torchrun: every process runs the command, the first one speaks for all
+        try:
+            w = distributed.init_from_env(getattr(args, "device", "auto"))
+            with contextlib.ExitStack() as quiet:
+                if not w.is_main:
+                    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+                return commands[args.command](args)
+        finally:
+            distributed.shutdown()
     except FeatxError as exc:
         print(f"featx: error: {exc}", file=sys.stderr)
         return 1

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from . import __version__, store
+from . import __version__, distributed, store
 from .backbones import Backbone, load_backbone
 from .errors import FeatxError, SourceError, StoreError, WriteError
 from .files import remove_stale_temporaries
@@ -98,13 +98,13 @@ def default_workers(dev: torch.device | None = None) -> int:
     cores itself; all cores but two (the main process and its copy thread, at most 32)
     when a GPU runs the model and decoding is what limits the speed. Never more than
     half the available memory holds at ``WORKER_MEMORY`` each."""
-    cores = len(os.sched_getaffinity(0))
+    cores = max(1, len(os.sched_getaffinity(0)) // distributed.world().local_size)  # shared by a node's processes
     wanted = max(1, min(32, cores - 2)) if dev is not None and dev.type == "cuda" else min(8, cores)
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError):  # not on this system: trust the cores
         return wanted
-    return max(1, min(wanted, available // 2 // WORKER_MEMORY))
+    return max(1, min(wanted, available // 2 // WORKER_MEMORY // distributed.world().local_size))
 
 
 def default_batch_size(dev: torch.device) -> int:
@@ -210,7 +210,10 @@ def extract(
                           f"({len(source.problems)} other files)")
     if isinstance(backbone, str):
         backbone = load_backbone(backbone, weights=weights, layers=layers, image_size=image_size)
+    w = distributed.world()
     dev = resolve_device(device)
+    if dev.type == "cuda" and w.size > 1:  # under torchrun: the GPU of this process's local rank
+        dev = torch.device("cuda", w.local_rank)
     prec = resolve_precision(precision, dev)
     if decode not in ("cpu", "gpu"):
         raise FeatxError(f"--decode {decode}: choose cpu or gpu")
@@ -231,9 +234,10 @@ def extract(
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(source)
 
-    with write_lock(path):
-        remove_stale_temporaries(path)  # left by a run killed mid-write
-        journal = Journal(path)
+    with _job_lock(path, w):
+        if w.is_main:
+            remove_stale_temporaries(path)  # left by a run killed mid-write
+        journal = Journal(path, f"rank{w.rank:03d}" if w.size > 1 else "")
         wanted = {"backbone": identity(backbone, pre), "precision": prec,
                   "runtime": "torchscript-frozen" if frozen else "eager", "source": source.spec}
         if not journal.chunks() and store.manifest(path) == manifest:  # nothing changed
@@ -255,44 +259,107 @@ def extract(
         todo = _plan(source, pool)
         if on_error == "fail":
             _fail_on_known(source, pool)
+        distributed.barrier()  # every process has read the journal before any writes to it
 
         start = time.perf_counter()
+        error, new_parts = None, []
         try:
-            new_parts = _embed(source, todo, backbone, pre, frozen, journal, dev, prec, batch_size,
-                               default_workers(dev) if workers is None else workers,
-                               commit_rows, commit_seconds, on_error, progress)
+            new_parts = _embed(source, shard(todo, batch_size, w), backbone, pre, frozen, journal, dev, prec,
+                               batch_size, default_workers(dev) if workers is None else workers,
+                               commit_rows, commit_seconds, on_error, progress and w.is_main)
         except WriteError as exc:
-            raise WriteError(f"{exc}; the batches committed before it are kept in {journal.dir} "
-                             "and the next run resumes from them") from None
+            error = WriteError(f"{exc}; the batches committed before it are kept in {journal.dir} "
+                               "and the next run resumes from them")
+        except FeatxError as exc:
+            error = exc
+        error = distributed.all_ok(error)
+        if error is not None:
+            raise error
         seconds = time.perf_counter() - start
         embedded = sum(len(p) for p in new_parts)
+        if w.size > 1:  # the main process joins everyone's commits into the store
+            counts = distributed.gather((embedded, seconds))
+            embedded, seconds = sum(c[0] for c in counts), max(c[1] for c in counts)
+            if not w.is_main:
+                result, problem = distributed.broadcast(None)
+                if problem:
+                    raise FeatxError(f"process 0 of this featx job failed: {problem}")
+                return result
+            journaled, new_parts = journal.read(), []
+            pool = Rows.concat(([old[0]] if old else []) + journaled, names, backbone.dims)
 
-        rows, labels, transient = _assemble(source, [pool, *new_parts], names, backbone.dims)
-        before = old[3].get("throughput", {}) if old else {}
-        provenance = {
-            **wanted,
-            "featx": __version__,
-            "torch": torch.__version__,
-            "timm": _version("timm"),
-            "torchvision": _version("torchvision"),
-            "device": dev.type,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            # every image this store's runs embedded, and the time it took: its speed
-            "throughput": {"images": before.get("images", 0) + embedded,
-                           "seconds": round(before.get("seconds", 0.0) + seconds, 3)},
-        }
-        # Files that could not be read this time are retried by the next run, so the
-        # store does not claim to match the listing while any remain; when retrying
-        # changed nothing, the store is left as it is.
-        stored_manifest = "" if transient else manifest
-        if not (old and not journaled and not embedded and _same(old, rows, labels, source.classes, stored_manifest)):
-            try:
-                write_store(path, rows, labels, source.classes, provenance, stored_manifest)
-            except WriteError as exc:
-                raise WriteError(f"{exc}; {path.name} is unchanged, and the images embedded in this run "
-                                 f"are kept in {journal.dir} for the next run") from None
-        journal.clear()
+        try:
+            result = _finish(path, source, old, pool, new_parts, journaled, embedded, seconds, names, backbone,
+                             wanted, manifest, journal, dev, prec)
+        except FeatxError as exc:
+            if w.size > 1:
+                distributed.broadcast((None, str(exc)))
+            raise
+        if w.size > 1:
+            distributed.broadcast((result, None))
+    return result
+
+
+def _finish(path, source, old, pool, new_parts, journaled, embedded, seconds, names, backbone, wanted, manifest,
+            journal, dev, prec) -> ExtractResult:
+    """Write the store from the old one, the journal and this run's parts; clear the journal."""
+    rows, labels, transient = _assemble(source, [pool, *new_parts], names, backbone.dims)
+    before = old[3].get("throughput", {}) if old else {}
+    provenance = {
+        **wanted,
+        "featx": __version__,
+        "torch": torch.__version__,
+        "timm": _version("timm"),
+        "torchvision": _version("torchvision"),
+        "device": dev.type,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        # every image this store's runs embedded, and the time it took: its speed
+        "throughput": {"images": before.get("images", 0) + embedded,
+                       "seconds": round(before.get("seconds", 0.0) + seconds, 3)},
+    }
+    # Files that could not be read this time are retried by the next run, so the
+    # store does not claim to match the listing while any remain; when retrying
+    # changed nothing, the store is left as it is.
+    stored_manifest = "" if transient else manifest
+    if not (old and not journaled and not embedded and _same(old, rows, labels, source.classes, stored_manifest)):
+        try:
+            write_store(path, rows, labels, source.classes, provenance, stored_manifest)
+        except WriteError as exc:
+            raise WriteError(f"{exc}; {path.name} is unchanged, and the images embedded in this run "
+                             f"are kept in {journal.dir} for the next run") from None
+    journal.clear()
     return ExtractResult(path, len(rows), embedded, len(rows) - embedded, len(rows.skipped_keys), seconds, prec, dev.type)
+
+
+@contextlib.contextmanager
+def _job_lock(path: Path, w: distributed.World):
+    """The store's write lock, held by the main process for the whole job; when it is
+    taken, every process of the job stops with the same message."""
+    if w.size == 1:
+        with write_lock(path):
+            yield
+        return
+    with contextlib.ExitStack() as stack:
+        problem = None
+        if w.is_main:
+            try:
+                stack.enter_context(write_lock(path))
+            except StoreError as exc:
+                problem = str(exc)
+        problem = distributed.broadcast(problem)
+        if problem:
+            raise StoreError(problem)
+        yield
+
+
+def shard(todo: list[Item], batch_size: int, w: distributed.World) -> list[Item]:
+    """This process's share of ``todo``: every ``w.size``-th batch of it, starting at its
+    rank. The batches are those a single process would form, so each image is embedded
+    in the same company and gets the same features."""
+    if w.size == 1:
+        return todo
+    starts = range(w.rank * batch_size, len(todo), w.size * batch_size)
+    return [it for s in starts for it in todo[s:s + batch_size]]
 
 
 def _same(old, rows: Rows, labels: np.ndarray, classes: list[str], manifest: str) -> bool:

@@ -43,7 +43,7 @@ import yaml
 from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 
-from . import __version__, models, store
+from . import __version__, distributed, models, store
 from .errors import FeatxError
 from .heads import HEADS
 from .report import method_label, write_report
@@ -296,7 +296,11 @@ def _efficiency(p: Pipeline, backbone: str, head: str, X, y, test: _Split, main:
 
 def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = "cache",
         progress: bool = False, log=lambda message: None) -> dict:
-    """Run a pipeline; writes the fitted models and the report files under ``out_dir``."""
+    """Run a pipeline; writes the fitted models and the report files under ``out_dir``.
+
+    Under ``torchrun`` every process shares the extraction (see featx.extract); the rest
+    runs on the main process, which returns the report; the others return None.
+    """
     from .sources import SubsetSource, open_source
 
     out = Path(out_dir)
@@ -305,6 +309,14 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
     for split, n in p.per_class.items():
         if split in sources:
             sources[split] = SubsetSource(sources[split], n, p.seed)
+    w = distributed.world()
+    if w.size > 1:
+        for backbone in p.backbones:
+            _features(p, sources, backbone, cache_dir, progress and w.is_main)
+        if not w.is_main:
+            return None
+        with distributed.alone():  # the stores are complete: what follows embeds nothing more
+            return run(p, out_dir, cache_dir, progress, log)
     eff_heads = p.efficiency_heads if p.efficiency_heads is not None else [h for h in p.heads if h in CHEAP_HEADS]
     results, extraction, efficiency, skipped, details = [], [], [], [], {}
     data = None

@@ -174,26 +174,32 @@ class _StoreFeatures:
 
 
 class Journal:
-    """Committed batch groups of an unfinished extraction, one ``.npz`` file each."""
+    """Committed batch groups of an unfinished extraction, one ``.npz`` file each.
 
-    def __init__(self, store_path: Path):
+    Under ``torchrun`` every process commits its own chunks (``writer`` names them, e.g.
+    ``rank001-00000003.npz``); :meth:`read` returns everyone's.
+    """
+
+    def __init__(self, store_path: Path, writer: str = ""):
         self.dir = store_path.with_name(store_path.name + ".journal")
+        self.prefix = f"{writer}-" if writer else ""
 
     def chunks(self) -> list[Path]:
         return sorted(self.dir.glob("*.npz")) if self.dir.is_dir() else []
 
     def commit(self, rows: Rows) -> Rows:
-        """Write ``rows`` as the next chunk; returns them with features left on disk."""
+        """Write ``rows`` as this writer's next chunk; returns them with features left on disk."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        existing = self.chunks()
-        seq = int(existing[-1].stem) + 1 if existing else 0
+        mine = [p for p in self.chunks() if p.stem.removeprefix(self.prefix).isdigit()
+                and p.name.startswith(self.prefix)]
+        seq = int(mine[-1].stem.removeprefix(self.prefix)) + 1 if mine else 0
         arrays = {
             "keys": rows.keys, "stamps": rows.stamps, "sha256": rows.sha256,
             "skipped_keys": rows.skipped_keys, "skipped_stamps": rows.skipped_stamps,
             "skipped_reasons": rows.skipped_reasons,
         }
         arrays.update({f"features/{n}": f for n, f in rows.features.items()})
-        chunk = self.dir / f"{seq:08d}.npz"
+        chunk = self.dir / f"{self.prefix}{seq:08d}.npz"
         with atomic_path(chunk) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, **{k: np.asarray(v) for k, v in arrays.items()})

@@ -1,0 +1,120 @@
+"""Under torchrun (Gloo on the CPU): sharded extraction gives the single-process store,
+and a job with a killed process resumes, at the same or another world size."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from crash import run_featx, store_equal
+
+from featx import store
+from featx.distributed import World
+from featx.extract import shard
+from featx.sources import Item
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = Path(__file__).with_name("committing_featx.py")
+
+
+def torchrun(n: int, args: list[str], cwd: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n),
+                             "--standalone", str(SCRIPT), *args], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _workers(proc: subprocess.Popen) -> list[int]:
+    """The pids of torchrun's worker processes: its own children (each in a session of
+    its own; their decoding processes are their children in turn)."""
+    out = subprocess.run(["ps", "-e", "-o", "pid=,ppid="], capture_output=True, text=True, check=False).stdout
+    return [int(pid) for pid, ppid in (line.split() for line in out.splitlines()) if int(ppid) == proc.pid]
+
+
+def test_shards_are_whole_batches_dealt_round_robin():
+    todo = [Item(f"k{i:02d}", 0, "") for i in range(21)]
+    parts = [shard(todo, 4, World(r, 2)) for r in range(2)]
+    assert [it.key for it in parts[0]] == [f"k{i:02d}" for i in [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19]]
+    assert sorted(it.key for p in parts for it in p) == [it.key for it in todo]
+    assert shard(todo, 4, World()) == todo
+
+
+@pytest.fixture(scope="module")
+def single(tmp_path_factory, hymenoptera):
+    tmp = tmp_path_factory.mktemp("dist")
+    args = ["extract", "--data", f"{hymenoptera}:hymenoptera/val", "--backbone", "efficientnet_lite0",
+            "--image-size", "128", "--batch-size", "8", "--device", "cpu"]
+    rc, out, err, _ = run_featx([*args, "--cache", str(tmp / "single")], tmp)
+    assert rc == 0, err
+    return tmp, args, out.splitlines()[-1]
+
+
+def test_two_processes_write_the_single_process_store(single):
+    tmp, args, reference = single
+    proc = torchrun(2, [*args, "--cache", str(tmp / "two")], tmp)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    assert lines[-1] == str(tmp / "two" / Path(reference).name)  # printed once, by the first process
+    assert "153 images in the store: 153 embedded" in err
+    store_equal(lines[-1], reference)
+    assert store.verify(lines[-1]) == []
+
+
+@pytest.mark.parametrize("rerun_with", [2, 1])
+def test_a_killed_process_and_a_rerun_at_any_world_size_give_the_same_store(single, rerun_with):
+    tmp, args, reference = single
+    cache = tmp / f"killed-{rerun_with}"
+    proc = torchrun(2, [*args, "--cache", str(cache)], tmp)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(cache.glob("*.journal/rank001-*.npz"))) < 2:
+        time.sleep(0.02)
+    victims = _workers(proc)
+    assert len(victims) == 2, victims
+    os.kill(max(victims), signal.SIGKILL)  # one of the two processes dies
+    proc.communicate(timeout=300)
+    assert proc.returncode != 0
+    assert not list(cache.glob("*.h5"))
+    committed = sum(len(p) for p in store.Journal(cache / Path(reference).name).read())
+    assert 24 <= committed < 153
+
+    if rerun_with == 1:
+        rc, out, err, _ = run_featx([*args, "--cache", str(cache)], tmp)
+    else:
+        again = torchrun(2, [*args, "--cache", str(cache)], tmp)
+        out, err = again.communicate(timeout=300)
+        rc = again.returncode
+    assert rc == 0, err
+    assert f"153 images in the store: {153 - committed} embedded" in err and f"{committed} reused" in err
+    store_equal(out.splitlines()[-1], reference)
+
+
+def test_a_pipeline_under_torchrun_shares_the_extraction_and_reports_once(tmp_path):
+    from imagegen import make_folder
+
+    data = make_folder(tmp_path / "data", {"a": 20, "b": 20})
+    (tmp_path / "p.yaml").write_text(
+        f"name: dist\ndata: {{train: {data}, test_fraction: 0.3}}\nbackbones: [efficientnet_lite0]\n"
+        "extract: {image_size: 64, batch_size: 8, device: cpu}\nheads: [logreg, knn]\n"
+        "report: {efficiency: {shots: [2], draws: 1}}\n")
+    proc = torchrun(2, ["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "two"), "--cache",
+                        str(tmp_path / "cache2")], tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert out.splitlines()[-1] == f"report: {tmp_path / 'two' / 'report.html'}"  # once, by the first process
+    rc, _, err, _ = run_featx(["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "one"), "--cache",
+                               str(tmp_path / "cache1")], tmp_path)
+    assert rc == 0, err
+    for path in store.list_stores(tmp_path / "cache2"):
+        store_equal(path, tmp_path / "cache1" / path.name)
+
+    def results(folder):
+        report = json.loads((folder / "report.json").read_text())
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in report["results"]]
+
+    assert results(tmp_path / "two") == results(tmp_path / "one")

@@ -75,7 +75,12 @@ def _parser() -> argparse.ArgumentParser:
     t.add_argument("--layer", default=DEFAULT_LAYER, metavar="NAME", help="which stored features to use")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR")
-    t.add_argument("--out", required=True, metavar="FILE", help="model file to write (a .json sidecar goes beside it)")
+    t.add_argument("--out", required=True, metavar="FILE",
+                   help="model file to write, joblib or .skops (a .json sidecar goes beside it)")
+    t.add_argument("--n-jobs", type=int, metavar="N", help="run the sweep as N parallel tasks (-1: all workers)")
+    t.add_argument("--sweep-backend", choices=["loky", "dask", "ray"], default="loky",
+                   help="where the sweep's tasks run: local processes, a dask or a Ray cluster")
+    t.add_argument("--scheduler", metavar="ADDRESS", help="the dask scheduler or Ray cluster (default: a local one)")
 
     pr = sub.add_parser("predict", help="label images end-to-end with a model file; writes a CSV")
     pr.add_argument("--model", required=True, metavar="FILE")
@@ -168,7 +173,11 @@ def _train(args) -> int:
 
     features = store.resolve(args.cache, args.features)
     val = store.resolve(args.cache, args.val) if args.val else None
-    b = models.train(features, args.head, val=val, layer=args.layer, val_fraction=args.val_fraction, seed=args.seed)
+    from .sweeps import sweep_backend
+
+    with sweep_backend(args.sweep_backend, args.scheduler):
+        b = models.train(features, args.head, val=val, layer=args.layer, val_fraction=args.val_fraction,
+                         seed=args.seed, n_jobs=args.n_jobs)
     path = models.save(b, args.out)
     m = b["metrics"]
     chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m["best_params"].items())

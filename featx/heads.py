@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import warnings
 
+import joblib
 import numpy as np
 from scipy.linalg import LinAlgWarning
 from scipy.optimize import minimize_scalar
@@ -46,9 +47,10 @@ class SweptHead(ClassifierMixin, BaseEstimator):
 
     default_index = 0
 
-    def __init__(self, val_fraction: float = 0.2, random_state: int = 0):
+    def __init__(self, val_fraction: float = 0.2, random_state: int = 0, n_jobs: int | None = None):
         self.val_fraction = val_fraction
         self.random_state = random_state
+        self.n_jobs = n_jobs
 
     # -- what subclasses provide ------------------------------------------------------
     def _candidates(self, y) -> list[dict]:
@@ -84,7 +86,7 @@ class SweptHead(ClassifierMixin, BaseEstimator):
             best, self.val_scores_, self.val_accuracy_ = min(self.default_index, len(candidates) - 1), [], None
         else:
             tr, va = split
-            scores = self._sweep(candidates, X[tr], y[tr], X[va], y[va]) if len(candidates) > 1 else None
+            scores = self._sweep_in_parts(candidates, X[tr], y[tr], X[va], y[va]) if len(candidates) > 1 else None
             best = 0 if scores is None else max(range(len(scores)), key=lambda i: (scores[i][0], -scores[i][1]))
             self.val_scores_ = [{**p, "accuracy": a} for p, (a, _) in zip(candidates, scores or [])]
             if scores is not None and hasattr(self._build(**candidates[best]), "predict_proba"):
@@ -97,6 +99,19 @@ class SweptHead(ClassifierMixin, BaseEstimator):
         self.best_params_ = candidates[best]
         self.model_ = self._build(**self.best_params_).fit(X, y)
         return self
+
+    def _sweep_in_parts(self, candidates, Xt, yt, Xv, yv) -> list[tuple[float, float]]:
+        """The sweep, in ``n_jobs`` contiguous parts of the candidate list run as joblib
+        tasks: on the backend the caller configured (loky by default; dask or ray to fan
+        out over a cluster, see :mod:`featx.sweeps`). The parts depend only on
+        ``n_jobs``, so every backend gives the same scores."""
+        parts = min(joblib.effective_n_jobs(self.n_jobs), len(candidates)) if self.n_jobs not in (None, 1) else 1
+        if parts == 1:
+            return self._sweep(candidates, Xt, yt, Xv, yv)
+        chunks = np.array_split(np.arange(len(candidates)), parts)
+        scored = joblib.Parallel(n_jobs=parts)(
+            joblib.delayed(self._sweep)([candidates[i] for i in c], Xt, yt, Xv, yv) for c in chunks)
+        return [s for part in scored for s in part]
 
     def _split(self, y, val_mask):
         if val_mask is not None:
@@ -198,8 +213,8 @@ class LogRegHead(SweptHead):
 
     default_index = 12  # C = 1e-2
 
-    def __init__(self, val_fraction=0.2, random_state=0, max_iter=1000, device="auto"):
-        super().__init__(val_fraction, random_state)
+    def __init__(self, val_fraction=0.2, random_state=0, n_jobs=None, max_iter=1000, device="auto"):
+        super().__init__(val_fraction, random_state, n_jobs)
         self.max_iter = max_iter
         self.device = device
 
@@ -258,8 +273,8 @@ class KNNHead(SweptHead):
     def _candidates(self, y):
         return [{"n_neighbors": k} for k in self.K_GRID if k <= len(y)]
 
-    def __init__(self, val_fraction=0.2, random_state=0, device="auto"):
-        super().__init__(val_fraction, random_state)
+    def __init__(self, val_fraction=0.2, random_state=0, n_jobs=None, device="auto"):
+        super().__init__(val_fraction, random_state, n_jobs)
         self.device = device
 
     def _build(self, n_neighbors):

@@ -51,15 +51,16 @@ def align_labels(y: np.ndarray, classes: list[str], to: list[str], what: str) ->
     return lookup[y]  # -1 (unlabelled) maps to the appended -1
 
 
-def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int = 0):
-    """Fit a head by name; returns (fitted head, validation metrics, fit seconds)."""
+def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int = 0, n_jobs: int | None = None):
+    """Fit a head by name; returns (fitted head, validation metrics, fit seconds). With
+    ``n_jobs`` its sweep runs as that many joblib tasks (see featx.sweeps)."""
     labelled = y >= 0
     if not labelled.all():
         X, y = X[labelled], y[labelled]
         val_mask = None if val_mask is None else np.asarray(val_mask)[labelled]
     start = time.perf_counter()
     try:
-        model = make_head(head, val_fraction=val_fraction, random_state=seed).fit(X, y, val_mask=val_mask)
+        model = make_head(head, val_fraction=val_fraction, random_state=seed, n_jobs=n_jobs).fit(X, y, val_mask=val_mask)
     except ValueError as exc:  # e.g. a single class
         raise FeatxError(f"{head}: cannot fit ({exc})") from None
     seconds = time.perf_counter() - start
@@ -189,7 +190,7 @@ def _load_skops(path: Path, data: bytes) -> dict:
 
 
 def train(features: str | os.PathLike, head: str, *, val: str | os.PathLike | None = None,
-          layer: str = DEFAULT_LAYER, val_fraction: float = 0.2, seed: int = 0) -> dict:
+          layer: str = DEFAULT_LAYER, val_fraction: float = 0.2, seed: int = 0, n_jobs: int | None = None) -> dict:
     """A bundle fitted on a store (and on a validation store, when given)."""
     X, y, _, classes = store.load(features, layer)
     provenance = store.info(features)["provenance"]
@@ -203,7 +204,8 @@ def train(features: str | os.PathLike, head: str, *, val: str | os.PathLike | No
         X, y = np.concatenate([X, Xv]), np.concatenate([y, yv])
         val_mask = np.r_[np.zeros(len(y) - len(yv), bool), np.ones(len(yv), bool)]
     try:
-        model, metrics, seconds = fit(X, y, head, val_mask=val_mask, val_fraction=val_fraction, seed=seed)
+        model, metrics, seconds = fit(X, y, head, val_mask=val_mask, val_fraction=val_fraction, seed=seed,
+                                      n_jobs=n_jobs)
     except FeatxError as exc:
         raise FeatxError(f"{features}: {exc}") from None
     metrics["fit_seconds"] = round(seconds, 3)

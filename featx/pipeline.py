@@ -19,6 +19,8 @@ heads does no extraction. Relative data paths are read from the directory featx 
     val_fraction: 0.2
     report:
       efficiency: {shots: [1, 2, 5, 10, 25], draws: 5, heads: [logreg, knn, nearest_centroid]}
+    sweep: {n_jobs: 4, backend: loky}   # optional: sweeps as 4 joblib tasks; dask or ray
+                                        # (address: their scheduler) fan out over a cluster
     finetune:                # optional: train the networks themselves, same splits
       strategies: [lp_ft]    # lp_ft, full, last_k, head
       epochs: 10
@@ -47,6 +49,7 @@ from . import __version__, distributed, models, store
 from .errors import FeatxError
 from .heads import HEADS
 from .report import method_label, write_report
+from .sweeps import sweep_backend
 
 CHEAP_HEADS = ("logreg", "knn", "nearest_centroid", "ridge")  # fast enough for many small fits
 
@@ -70,6 +73,7 @@ _SCHEMA = {
     "seed": int,
     "val_fraction": float,
     "report": {"efficiency": {"shots": [int], "draws": int, "heads": [str]}},
+    "sweep": {"n_jobs": int, "backend": ("loky", "dask", "ray"), "address": str},
     "finetune": {**_TRAINING, "strategies": [("lp_ft", "full", "last_k", "head")], "last_k": int},
     "scratch": _TRAINING,
 }
@@ -95,6 +99,7 @@ class Pipeline:
     per_class: dict = field(default_factory=dict)  # split -> images per class (a seeded subset)
     finetune: dict | None = None  # the finetune stage's settings, None: no fine-tuning
     scratch: dict | None = None  # the scratch stage's own settings (the rest: finetune's)
+    sweep: dict = field(default_factory=dict)  # n_jobs, backend, address: where the heads' sweeps run
 
 
 def _check(value, schema, where: str, origin: str):
@@ -172,6 +177,7 @@ def from_dict(raw, origin: str = "pipeline") -> Pipeline:
     p.shots = sorted(set(eff.get("shots", p.shots)))
     p.draws = eff.get("draws", p.draws)
     p.finetune, p.scratch = d.get("finetune"), d.get("scratch")
+    p.sweep = d.get("sweep") or {}
     for stage in ("finetune", "scratch"):
         for name in (d.get(stage) or {}).get("backbones", []):
             if name not in p.backbones:
@@ -339,7 +345,9 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
         }
         for head in p.heads:
             log(f"{backbone}: fitting {head}")
-            model, vm, seconds = models.fit(X, y, head, val_mask=val_mask, val_fraction=p.val_fraction, seed=p.seed)
+            with sweep_backend(p.sweep.get("backend", "loky"), p.sweep.get("address")):
+                model, vm, seconds = models.fit(X, y, head, val_mask=val_mask, val_fraction=p.val_fraction,
+                                                seed=p.seed, n_jobs=p.sweep.get("n_jobs"))
             y_pred = model.predict(te.X)
             model_file = out / "models" / f"{store.slug(backbone)}__{head}.joblib"
             models.save(models.bundle(model, head, provenance, classes, store.DEFAULT_LAYER,

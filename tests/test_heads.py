@@ -96,3 +96,40 @@ def test_margin_heads_give_calibrated_probabilities_without_changing_predictions
 def test_unknown_head_names_the_choices():
     with pytest.raises(FeatxError, match="unknown head 'logregg'.*logreg"):
         make_head("logregg")
+
+
+def test_a_sweep_in_parts_gives_the_same_choice_on_loky_and_on_a_dask_cluster():
+    pytest.importorskip("dask.distributed")
+    from sklearn.datasets import make_classification
+
+    from featx.heads import make_head
+    from featx.sweeps import sweep_backend
+
+    X, y = make_classification(600, 40, n_informative=12, n_classes=3, random_state=0)
+    X_test, y_test = X[450:], y[450:]
+    fits = {}
+    for backend in ("loky", "dask"):
+        with sweep_backend(backend, workers=2):
+            fits[backend] = make_head("logreg", n_jobs=2, device="cpu").fit(X[:450], y[:450])
+    loky, dask = fits["loky"], fits["dask"]
+    assert loky.best_params_ == dask.best_params_
+    assert [s["accuracy"] for s in loky.val_scores_] == [s["accuracy"] for s in dask.val_scores_]
+    assert loky.score(X_test, y_test) == dask.score(X_test, y_test)
+    # and the parts add up to the whole grid that one process sweeps
+    assert len(loky.val_scores_) == len(make_head("logreg", device="cpu").fit(X[:450], y[:450]).val_scores_) == 25
+
+
+def test_an_unknown_or_missing_sweep_backend_is_one_clear_error(monkeypatch):
+    import builtins
+
+    from featx.errors import FeatxError
+    from featx.sweeps import sweep_backend
+
+    with pytest.raises(FeatxError, match="sweep backend 'spark': choose loky, dask, ray"), sweep_backend("spark"):
+        pass
+    real = builtins.__import__
+    monkeypatch.setattr(builtins, "__import__",
+                        lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name.startswith("ray")
+                        else real(name, *a, **k))
+    with pytest.raises(FeatxError, match=r"ray is not installed \(pip install ray\)"), sweep_backend("ray"):
+        pass

@@ -310,8 +310,8 @@ def main(argv: list[str] | None = None) -> int:
         commands = {"extract": _extract, "train": _train, "predict": _predict, "finetune": _finetune, "run": _run, "demo": _demo, "cache": _cache}
         if not distributed.launched():
             return commands[args.command](args)
-        if args.command not in ("extract", "run"):
-            raise FeatxError(f"{args.command}: not a command that runs under torchrun (extract and run do)")
+        if args.command not in ("extract", "run", "finetune"):
+            raise FeatxError(f"{args.command}: not a command that runs under torchrun (extract, run and finetune do)")
         # under torchrun: every process runs the command, the first one speaks for all
         try:
             w = distributed.init_from_env(getattr(args, "device", "auto"))

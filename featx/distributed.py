@@ -9,7 +9,7 @@ plain run is a world of one, and every function here is then a no-op.
 from __future__ import annotations
 
 import os
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +89,11 @@ def broadcast(obj, src: int = 0):
     return box[0]
 
 
+def sum_all(values: tuple) -> tuple:
+    """Each of ``values`` summed over every process."""
+    return tuple(sum(v) for v in zip(*gather(tuple(values))))
+
+
 def gather(obj) -> list:
     """``obj`` from every process, in rank order, on every process."""
     if world().size == 1:
@@ -109,3 +114,26 @@ def all_ok(error: BaseException | None) -> BaseException | None:
     if first is None or error is not None:
         return error
     return FeatxError(f"process {rank} of this featx job failed: {first}")
+
+
+@contextmanager
+def job_lock(take):
+    """The lock ``take()`` returns (a context manager), held by the main process for the
+    whole job; when it cannot be taken, every process stops with the same error."""
+    from .errors import FeatxError
+
+    if world().size == 1:
+        with take():
+            yield
+        return
+    with ExitStack() as stack:
+        problem = None
+        if world().is_main:
+            try:
+                stack.enter_context(take())
+            except FeatxError as exc:
+                problem = exc
+        problem = broadcast(problem)
+        if problem is not None:
+            raise problem
+        yield

@@ -234,7 +234,7 @@ def extract(
     path.parent.mkdir(parents=True, exist_ok=True)
     manifest = _manifest(source)
 
-    with _job_lock(path, w):
+    with distributed.job_lock(lambda: write_lock(path)):
         if w.is_main:
             remove_stale_temporaries(path)  # left by a run killed mid-write
         journal = Journal(path, f"rank{w.rank:03d}" if w.size > 1 else "")
@@ -329,27 +329,6 @@ def _finish(path, source, old, pool, new_parts, journaled, embedded, seconds, na
                              f"are kept in {journal.dir} for the next run") from None
     journal.clear()
     return ExtractResult(path, len(rows), embedded, len(rows) - embedded, len(rows.skipped_keys), seconds, prec, dev.type)
-
-
-@contextlib.contextmanager
-def _job_lock(path: Path, w: distributed.World):
-    """The store's write lock, held by the main process for the whole job; when it is
-    taken, every process of the job stops with the same message."""
-    if w.size == 1:
-        with write_lock(path):
-            yield
-        return
-    with contextlib.ExitStack() as stack:
-        problem = None
-        if w.is_main:
-            try:
-                stack.enter_context(write_lock(path))
-            except StoreError as exc:
-                problem = str(exc)
-        problem = distributed.broadcast(problem)
-        if problem:
-            raise StoreError(problem)
-        yield
 
 
 def shard(todo: list[Item], batch_size: int, w: distributed.World) -> list[Item]:

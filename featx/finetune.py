@@ -46,9 +46,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, DistributedSampler
 
-from . import __version__
+from . import __version__, distributed
 from .augment import Labelled, collate
 from .backbones import PIXELS, Backbone, load_backbone, sha256_file
 from .errors import FeatxError
@@ -412,16 +412,19 @@ def finetune(
     out = Path(out_dir)
     tr, va, te, classes = make_splits(train, val, test, val_fraction=settings.val_fraction, seed=settings.seed)
     dev = resolve_device(device)
+    if dev.type == "cuda" and distributed.world().size > 1:  # under torchrun: this process's GPU
+        dev = torch.device("cuda", distributed.world().local_rank)
     # Seeded draws (initial weights, dropout) must not move the caller's generators.
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
         torch.manual_seed(settings.seed)  # the classifier's (and, from scratch, the network's) initial weights
         bb = load_backbone(backbone, weights=weights, image_size=settings.image_size, pretrained=settings.pretrained)
         run_id = _run_digest(settings, bb, {"train": tr, "val": va, "test": te}, classes)
         out.mkdir(parents=True, exist_ok=True)
-        with write_lock(out / "run", f"{out}: another featx process is training in this folder; "
-                                     "wait for it to finish", FinetuneError):
-            for stale in out.glob(".*.tmp-*"):  # left by a run killed mid-write
-                stale.unlink(missing_ok=True)
+        busy = f"{out}: another featx process is training in this folder; wait for it to finish"
+        with distributed.job_lock(lambda: write_lock(out / "run", busy, FinetuneError)):
+            if distributed.world().is_main:
+                for stale in out.glob(".*.tmp-*"):  # left by a run killed mid-write
+                    stale.unlink(missing_ok=True)
             done = _finished(out, run_id, resume)
             if done is not None:
                 log(f"{out}: this fine-tune is already done")
@@ -455,7 +458,13 @@ def _train(bb: Backbone, tr: Split, va: Split, te: Split | None, classes, settin
     net.to(dev, memory_format=torch.channels_last)
     optimizer = _optimizer(opt_groups, settings)
     scaler = torch.amp.GradScaler(dev.type, enabled=prec == "fp16")
-    batches = math.ceil(len(tr.items) / settings.batch_size)
+    w = distributed.world()
+    # Under torchrun each process trains on its share of every epoch (DistributedSampler)
+    # and DistributedDataParallel averages the gradients; every process then scores the
+    # whole validation split, so all agree on the best epoch; the first one writes.
+    model = net if w.size == 1 else nn.parallel.DistributedDataParallel(
+        net, device_ids=[dev.index] if dev.type == "cuda" else None)
+    batches = math.ceil(math.ceil(len(tr.items) / w.size) / settings.batch_size)  # per process
     steps_per_epoch = math.ceil(batches / settings.accumulate)
     total_steps = steps_per_epoch * settings.epochs
     warmup = min(round(settings.warmup_epochs * steps_per_epoch), total_steps // 2)
@@ -486,11 +495,15 @@ def _train(bb: Backbone, tr: Split, va: Split, te: Split | None, classes, settin
         for m in frozen:
             m.eval()
         data = Labelled(tr.source, tr.items, tr.labels, pre, augment=True, seed=settings.seed, epoch=epoch)
-        loader = DataLoader(data, batch_size=settings.batch_size, shuffle=True, collate_fn=collate,
-                            generator=torch.Generator().manual_seed(settings.seed * 100_003 + epoch),
-                            num_workers=min(workers, batches),
-                            pin_memory=dev.type == "cuda")
-        bar = tqdm(total=len(tr.items), unit="img", desc=f"{settings.method} epoch {epoch}/{settings.epochs}",
+        if w.size == 1:
+            order = {"shuffle": True, "generator": torch.Generator().manual_seed(settings.seed * 100_003 + epoch)}
+        else:
+            sampler = DistributedSampler(data, w.size, w.rank, shuffle=True, seed=settings.seed * 100_003)
+            sampler.set_epoch(epoch)
+            order = {"sampler": sampler}
+        loader = DataLoader(data, batch_size=settings.batch_size, collate_fn=collate, **order,
+                            num_workers=min(workers, batches), pin_memory=dev.type == "cuda")
+        bar = tqdm(total=len(loader.sampler), unit="img", desc=f"{settings.method} epoch {epoch}/{settings.epochs}",
                    disable=not progress, file=sys.stderr, leave=False)
         t0, seen, correct, loss_sum, lr = time.perf_counter(), 0, 0, 0.0, 0.0
         for i, (x, y, _) in enumerate(loader):
@@ -498,7 +511,7 @@ def _train(bb: Backbone, tr: Split, va: Split, te: Split | None, classes, settin
                 x = pre.normalize(x.to(dev, non_blocking=True)).contiguous(memory_format=torch.channels_last)
                 y = y.to(dev)
                 with _autocast(dev, prec):
-                    logits = net(x)
+                    logits = model(x)
                 loss = nn.functional.cross_entropy(logits.float(), y)
                 group = min(settings.accumulate, batches - i // settings.accumulate * settings.accumulate)
                 scaler.scale(loss / group).backward()  # the mean over the step's batches
@@ -516,6 +529,7 @@ def _train(bb: Backbone, tr: Split, va: Split, te: Split | None, classes, settin
             bar.update(len(y))
         bar.close()
         seconds = time.perf_counter() - t0
+        seen, correct, loss_sum = distributed.sum_all((seen, correct, loss_sum))  # over every process's share
         y_val, p_val, val_loss = evaluate(net, va, pre, dev, eval_prec, settings.batch_size, workers)
         val_acc = float(np.mean(y_val == p_val))
         state["train_seconds"] += seconds
@@ -535,10 +549,12 @@ def _train(bb: Backbone, tr: Split, va: Split, te: Split | None, classes, settin
         state["prior_seconds"] = elapsed_before + time.perf_counter() - started
         # The checkpoint first: if the run dies before model.pt is replaced, the resume
         # rewrites model.pt from it (see _resume_state).
-        _save_torch({"format": FORMAT, "run": run_id, **state, "model": net.state_dict(),
-                     "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}, out / CHECKPOINT)
-        if improved:
-            _save_model(net, out, bb, classes, settings, eval_prec, run_id, epoch)
+        if w.is_main:
+            _save_torch({"format": FORMAT, "run": run_id, **state, "model": net.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scaler": scaler.state_dict()}, out / CHECKPOINT)
+            if improved:
+                _save_model(net, out, bb, classes, settings, eval_prec, run_id, epoch)
+        distributed.barrier()
         log(f"{settings.method} epoch {epoch}/{settings.epochs}: train loss {state['history'][-1]['train_loss']:.3f}, "
             f"val accuracy {100 * val_acc:.1f} %{' (best)' if improved else ''}")
 
@@ -554,16 +570,20 @@ def _train(bb: Backbone, tr: Split, va: Split, te: Split | None, classes, settin
         "precision": {"training": prec, "evaluation": eval_prec}, "device": dev.type,
         "n_train": len(tr.items), "n_val": len(va.items), "n_test": len(te.items) if te else 0,
         "val_keys": [it.key for it in va.items],  # the images that chose the epoch
-        "effective_batch_size": settings.batch_size * settings.accumulate,
+        "processes": w.size,
+        "effective_batch_size": settings.batch_size * settings.accumulate * w.size,
+        "learning_rate": settings.lr,
         "epochs_run": state["epoch"], "stopped_early": state["epoch"] < settings.epochs,
         "best_epoch": state["best_epoch"], "val_accuracy": state["best_val"], "linear_probe": state["probe"],
         "history": state["history"], "test": test_metrics, "seconds": round(seconds, 2),
         "train_seconds": round(state["train_seconds"], 2),
         "train_images_per_second": round(state["train_images"] / state["train_seconds"], 2) if state["train_seconds"] else 0.0,
     }
-    _write_json(metrics, out / METRICS)
-    _annotate_model(out, metrics)
-    (out / CHECKPOINT).unlink(missing_ok=True)
+    if w.is_main:
+        _write_json(metrics, out / METRICS)
+        _annotate_model(out, metrics)
+        (out / CHECKPOINT).unlink(missing_ok=True)
+    distributed.barrier()
     return _result(out, metrics)
 
 

@@ -118,3 +118,57 @@ def test_a_pipeline_under_torchrun_shares_the_extraction_and_reports_once(tmp_pa
         return [{k: v for k, v in r.items() if "seconds" not in k} for r in report["results"]]
 
     assert results(tmp_path / "two") == results(tmp_path / "one")
+
+
+def test_a_two_process_fine_tune_trains_an_epoch_and_its_model_loads(tmp_path):
+    from imagegen import make_folder
+
+    from featx.finetune import load_checkpoint
+
+    data = make_folder(tmp_path / "data", {"a": 10, "b": 10})
+    out = tmp_path / "run"
+    proc = torchrun(2, ["finetune", "--data", str(data), "--backbone", "efficientnet_lite0", "--image-size", "64",
+                        "--epochs", "1", "--strategy", "full", "--batch-size", "4", "--workers", "0", "--device", "cpu",
+                        "--out", str(out), "--cache", str(tmp_path / "cache")], tmp_path)
+    stdout, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert stdout.splitlines() == [str(out / "model.pt")]  # printed once
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["processes"] == 2 and metrics["effective_batch_size"] == 8 and metrics["epochs_run"] == 1
+    assert metrics["learning_rate"] == 1e-3
+    assert metrics["history"][-1]["train_images_per_second"] > 0
+    assert metrics["n_train"] == 16
+    weights = load_checkpoint(out / "model.pt")
+    assert all(not k.startswith("module.") for k in weights)  # the network's own names, not DDP's
+    assert json.loads((out / "model.pt.json").read_text())["sha256"]
+
+
+def test_a_killed_two_process_fine_tune_resumes_to_the_uninterrupted_weights(tmp_path):
+    import torch
+    from imagegen import make_folder
+
+    from featx.finetune import load_checkpoint
+
+    data = make_folder(tmp_path / "data", {"a": 10, "b": 10})
+
+    def args(out):
+        return ["finetune", "--data", str(data), "--backbone", "efficientnet_lite0", "--image-size", "64",
+                "--epochs", "3", "--patience", "9", "--strategy", "full", "--batch-size", "4", "--workers", "0",
+                "--device", "cpu", "--out", str(tmp_path / out), "--cache", str(tmp_path / "cache")]
+
+    whole = torchrun(2, args("whole"), tmp_path)
+    assert whole.wait(timeout=300) == 0, whole.communicate()[1]
+    killed = torchrun(2, args("killed"), tmp_path)
+    while killed.poll() is None and not (tmp_path / "killed" / "last.pt").exists():
+        time.sleep(0.02)
+    victims = _workers(killed)
+    assert len(victims) == 2
+    os.kill(min(victims), signal.SIGKILL)
+    killed.communicate(timeout=300)
+    assert killed.returncode != 0 and not (tmp_path / "killed" / "metrics.json").exists()
+    resumed = torchrun(2, [*args("killed"), "--resume"], tmp_path)
+    _, err = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, err
+    assert "resuming after epoch" in err
+    a, b = load_checkpoint(tmp_path / "whole" / "model.pt"), load_checkpoint(tmp_path / "killed" / "model.pt")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

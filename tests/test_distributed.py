@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 from crash import run_featx, store_equal
 
 from featx import store
@@ -172,3 +173,23 @@ def test_a_killed_two_process_fine_tune_resumes_to_the_uninterrupted_weights(tmp
     assert "resuming after epoch" in err
     a, b = load_checkpoint(tmp_path / "whole" / "model.pt"), load_checkpoint(tmp_path / "killed" / "model.pt")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_one_gpu_process_under_torchrun_matches_the_cpu_store(single):
+    """Sharded extraction on CUDA (NCCL, one process): the CPU store's features within
+    the precision's tolerance; prints the images/s it ran at."""
+    import numpy as np
+
+    tmp, args, reference = single
+    gpu_args = [a for a in args if a not in ("--device", "cpu")] + ["--device", "cuda"]
+    proc = torchrun(1, [*gpu_args, "--cache", str(tmp / "gpu")], tmp)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    X, _, keys, _ = store.load(out.splitlines()[-1])
+    Xc, _, keys_c, _ = store.load(reference)
+    assert keys.tolist() == keys_c.tolist()
+    cos = np.sum(X * Xc, 1) / np.linalg.norm(X, axis=1) / np.linalg.norm(Xc, axis=1)
+    assert cos.min() > 0.99
+    print(json.dumps({"images_per_second": store.info(out.splitlines()[-1])["provenance"]["throughput"],
+                      "mean_cosine_to_cpu": float(cos.mean())}))

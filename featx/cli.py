@@ -228,11 +228,9 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def _show(report: dict | None, out) -> int:
+def _show(report: dict, out) -> int:
     from .report import summary
 
-    if report is None:  # a process of a torchrun job other than the first: it speaks for all
-        return 0
     for line in summary(report):
         print(line, file=sys.stderr)
     print(f"report: {os.path.join(out, 'report.html')}")

@@ -28,24 +28,9 @@ class World:
         return self.rank == 0
 
 
-_alone = False
-
-
-@contextmanager
-def alone():
-    """Within this block this process works as a world of one (what follows a sharded
-    stage and runs on the main process only)."""
-    global _alone
-    before, _alone = _alone, True
-    try:
-        yield
-    finally:
-        _alone = before
-
-
 def world() -> World:
     """This process's place in the running group (a world of one when there is none)."""
-    if _alone or not (dist.is_available() and dist.is_initialized()):
+    if not (dist.is_available() and dist.is_initialized()):
         return World()
     return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")),
                  int(os.environ.get("LOCAL_WORLD_SIZE", str(dist.get_world_size()))))

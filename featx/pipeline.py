@@ -304,8 +304,9 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
         progress: bool = False, log=lambda message: None) -> dict:
     """Run a pipeline; writes the fitted models and the report files under ``out_dir``.
 
-    Under ``torchrun`` every process shares the extraction (see featx.extract); the rest
-    runs on the main process, which returns the report; the others return None.
+    Under ``torchrun`` every process runs the pipeline: the extraction is shared (see
+    featx.extract), the fine-tune and scratch stages train together (DDP), every process
+    fits the heads (the same fits), and the main process writes the models and the report.
     """
     from .sources import SubsetSource, open_source
 
@@ -315,14 +316,6 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
     for split, n in p.per_class.items():
         if split in sources:
             sources[split] = SubsetSource(sources[split], n, p.seed)
-    w = distributed.world()
-    if w.size > 1:
-        for backbone in p.backbones:
-            _features(p, sources, backbone, cache_dir, progress and w.is_main)
-        if not w.is_main:
-            return None
-        with distributed.alone():  # the stores are complete: what follows embeds nothing more
-            return run(p, out_dir, cache_dir, progress, log)
     eff_heads = p.efficiency_heads if p.efficiency_heads is not None else [h for h in p.heads if h in CHEAP_HEADS]
     results, extraction, efficiency, skipped, details = [], [], [], [], {}
     data = None
@@ -350,8 +343,9 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
                                                 seed=p.seed, n_jobs=p.sweep.get("n_jobs"))
             y_pred = model.predict(te.X)
             model_file = out / "models" / f"{store.slug(backbone)}__{head}.joblib"
-            models.save(models.bundle(model, head, provenance, classes, store.DEFAULT_LAYER,
-                                      {**vm, "fit_seconds": round(seconds, 3)}), model_file)
+            if distributed.world().is_main:
+                models.save(models.bundle(model, head, provenance, classes, store.DEFAULT_LAYER,
+                                          {**vm, "fit_seconds": round(seconds, 3)}), model_file)
             row = {"dataset": p.name, "backbone": backbone, "method": head, "n_train": vm["n_train"],
                    **models.classification_metrics(te.y, y_pred), "fit_seconds": round(seconds, 3), "val_accuracy": vm["val_accuracy"],
                    "best_params": vm["best_params"], "model": str(model_file.relative_to(out))}
@@ -391,5 +385,6 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
         "skipped": skipped,
         "environment": environment(extraction[0]["device"], extraction[0]["precision"]),
     }
-    write_report(report, out)
+    if distributed.world().is_main:
+        write_report(report, out)
     return report

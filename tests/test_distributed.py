@@ -102,7 +102,8 @@ def test_a_pipeline_under_torchrun_shares_the_extraction_and_reports_once(tmp_pa
     (tmp_path / "p.yaml").write_text(
         f"name: dist\ndata: {{train: {data}, test_fraction: 0.3}}\nbackbones: [efficientnet_lite0]\n"
         "extract: {image_size: 64, batch_size: 8, device: cpu}\nheads: [logreg, knn]\n"
-        "report: {efficiency: {shots: [2], draws: 1}}\n")
+        "report: {efficiency: {shots: [2], draws: 1}}\n"
+        "finetune: {strategies: [full], epochs: 1, batch_size: 4, shots: [2]}\n")
     proc = torchrun(2, ["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "two"), "--cache",
                         str(tmp_path / "cache2")], tmp_path)
     out, err = proc.communicate(timeout=300)
@@ -114,11 +115,16 @@ def test_a_pipeline_under_torchrun_shares_the_extraction_and_reports_once(tmp_pa
     for path in store.list_stores(tmp_path / "cache2"):
         store_equal(path, tmp_path / "cache1" / path.name)
 
-    def results(folder):
+    def results(folder, heads: bool):
         report = json.loads((folder / "report.json").read_text())
-        return [{k: v for k, v in r.items() if "seconds" not in k} for r in report["results"]]
+        return [{k: v for k, v in r.items() if "seconds" not in k} for r in report["results"]
+                if (r["method"] in ("logreg", "knn")) == heads]
 
-    assert results(tmp_path / "two") == results(tmp_path / "one")
+    assert results(tmp_path / "two", heads=True) == results(tmp_path / "one", heads=True)
+    trained = results(tmp_path / "two", heads=False)  # the fine-tune stage trained with both processes
+    assert [r["method"] for r in trained] == ["finetune"]
+    metrics = [json.loads(m.read_text()) for m in (tmp_path / "two" / "finetune").glob("*/metrics.json")]
+    assert len(metrics) == 2 and all(m["processes"] == 2 for m in metrics)
 
 
 def test_a_two_process_fine_tune_trains_an_epoch_and_its_model_loads(tmp_path):

@@ -1,5 +1,6 @@
 """Under torchrun (Gloo on the CPU): sharded extraction gives the single-process store,
-and a job with a killed process resumes, at the same or another world size."""
+and a job with a killed process resumes, at the same or another world size; fine-tuning
+trains with DDP. A killed DDP fine-tune and a whole pipeline run only with -m slow."""
 from __future__ import annotations
 
 import json
@@ -95,6 +96,7 @@ def test_a_killed_process_and_a_rerun_at_any_world_size_give_the_same_store(sing
     store_equal(out.splitlines()[-1], reference)
 
 
+@pytest.mark.slow
 def test_a_pipeline_under_torchrun_shares_the_extraction_and_reports_once(tmp_path):
     from imagegen import make_folder
 
@@ -150,6 +152,7 @@ def test_a_two_process_fine_tune_trains_an_epoch_and_its_model_loads(tmp_path):
     assert json.loads((out / "model.pt.json").read_text())["sha256"]
 
 
+@pytest.mark.slow
 def test_a_killed_two_process_fine_tune_resumes_to_the_uninterrupted_weights(tmp_path):
     import torch
     from imagegen import make_folder

@@ -65,6 +65,16 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_of(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (one small all-reduce)."""
+    if world().size == 1:
+        return flag
+    on = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    t = torch.tensor([int(flag)], device=on)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
 def broadcast(obj, src: int = 0):
     """``obj`` as the process ``src`` has it, on every process."""
     if world().size == 1:

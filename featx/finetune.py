@@ -507,6 +507,10 @@ def _train(bb: Backbone, tr: Split, va: Split, te: Split | None, classes, settin
                    disable=not progress, file=sys.stderr, leave=False)
         t0, seen, correct, loss_sum, lr = time.perf_counter(), 0, 0, 0.0, 0.0
         for i, (x, y, _) in enumerate(loader):
+            # A batch none of whose images decode has nothing to train on. Under DDP every
+            # process must then skip its batch too: the gradient all-reduce needs them all.
+            if w.size > 1 and distributed.any_of(x is None):
+                x, y = None, y[:0]
             if x is not None:
                 x = pre.normalize(x.to(dev, non_blocking=True)).contiguous(memory_format=torch.channels_last)
                 y = y.to(dev)
@@ -536,7 +540,8 @@ def _train(bb: Backbone, tr: Split, va: Split, te: Split | None, classes, settin
         state["train_images"] += seen
         state["history"].append({
             "epoch": epoch, "train_loss": loss_sum / max(1, seen), "train_accuracy": correct / max(1, seen),
-            "val_accuracy": val_acc, "val_loss": val_loss, "lr": settings.lr * lr, "seconds": round(seconds, 3),
+            "val_accuracy": val_acc, "val_loss": val_loss, "lr": settings.lr * lr, "train_images": seen,
+            "seconds": round(seconds, 3),
             "train_images_per_second": round(seen / seconds, 2) if seconds else None,
         })
         # the best epoch: highest validation accuracy, ties broken by the lower validation loss

@@ -97,6 +97,28 @@ def test_a_killed_process_and_a_rerun_at_any_world_size_give_the_same_store(sing
 
 
 @pytest.mark.slow
+def test_two_nodes_meeting_at_a_rendezvous_write_the_single_process_store(single):
+    """The README's multi-node recipe, both "nodes" on this machine: two torchrun
+    launchers, one process each, meeting at a c10d rendezvous address."""
+    import socket
+
+    tmp, args, reference = single
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
+                               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "featx",
+                               str(SCRIPT), *args, "--cache", str(tmp / "nodes")], cwd=tmp,
+                              env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [(n.communicate(timeout=300), n.returncode) for n in nodes]
+    assert all(rc == 0 for _, rc in results), [err for (_, err), _ in results]
+    printed = [line for (out, _), _ in results for line in out.splitlines()]
+    assert printed == [str(tmp / "nodes" / Path(reference).name)]  # by the first process only
+    store_equal(printed[0], reference)
+
+
+@pytest.mark.slow
 def test_a_pipeline_under_torchrun_shares_the_extraction_and_reports_once(tmp_path):
     from imagegen import make_folder
 
@@ -130,23 +152,32 @@ def test_a_pipeline_under_torchrun_shares_the_extraction_and_reports_once(tmp_pa
 
 
 def test_a_two_process_fine_tune_trains_an_epoch_and_its_model_loads(tmp_path):
+    """One batch of one image per process, and one image cannot be decoded: the process
+    that draws it has nothing to train on, so every process skips that batch together
+    (otherwise the other one would wait for it forever in the gradient all-reduce)."""
     from imagegen import make_folder
 
     from featx.finetune import load_checkpoint
 
     data = make_folder(tmp_path / "data", {"a": 10, "b": 10})
+    (data / "a" / "broken.jpg").write_bytes((data / "a" / "00.jpg").read_bytes()[:200])
+    val = make_folder(tmp_path / "val", {"a": 2, "b": 2}, start_seed=100)
     out = tmp_path / "run"
-    proc = torchrun(2, ["finetune", "--data", str(data), "--backbone", "efficientnet_lite0", "--image-size", "64",
-                        "--epochs", "1", "--strategy", "full", "--batch-size", "4", "--workers", "0", "--device", "cpu",
-                        "--out", str(out), "--cache", str(tmp_path / "cache")], tmp_path)
+    proc = torchrun(2, ["finetune", "--data", str(data), "--val", str(val), "--backbone", "efficientnet_lite0",
+                        "--image-size", "64", "--epochs", "1", "--strategy", "full", "--batch-size", "1",
+                        "--workers", "0", "--device", "cpu", "--out", str(out), "--cache", str(tmp_path / "cache")],
+                   tmp_path)
     stdout, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     assert stdout.splitlines() == [str(out / "model.pt")]  # printed once
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["processes"] == 2 and metrics["effective_batch_size"] == 8 and metrics["epochs_run"] == 1
+    assert metrics["processes"] == 2 and metrics["effective_batch_size"] == 2 and metrics["epochs_run"] == 1
     assert metrics["learning_rate"] == 1e-3
+    assert metrics["n_train"] == 21
+    # 21 images padded to 22 by the sampler (it repeats the first ones, so the broken one
+    # may come twice); each batch holding it is skipped on both processes
+    assert metrics["history"][-1]["train_images"] in (18, 20)
     assert metrics["history"][-1]["train_images_per_second"] > 0
-    assert metrics["n_train"] == 16
     weights = load_checkpoint(out / "model.pt")
     assert all(not k.startswith("module.") for k in weights)  # the network's own names, not DDP's
     assert json.loads((out / "model.pt.json").read_text())["sha256"]

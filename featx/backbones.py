@@ -15,7 +15,6 @@ The SHA-256 of the weight file, whatever its origin, is part of the backbone's i
 """
 from __future__ import annotations
 
-import hashlib
 import importlib
 import json
 import os
@@ -31,6 +30,7 @@ import torch
 from torch import nn
 
 from .errors import BackboneError
+from .files import sha256_file
 from .preprocess import Preprocessing
 from .store import DEFAULT_LAYER
 
@@ -140,14 +140,6 @@ def _pool(t) -> torch.Tensor:
     if t.ndim == 3:  # (N, tokens, C): mean over tokens
         return t.mean(dim=1)
     return t.flatten(1)
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def load_state_dict_file(path: str | os.PathLike) -> dict[str, torch.Tensor]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import errno
 import fcntl
+import hashlib
 import os
 import re
 from contextlib import contextmanager
@@ -25,6 +26,14 @@ _WRITE_ERRNOS = {
     errno.EACCES: "permission denied",
     errno.EPERM: "permission denied",
 }
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_errno(exc: BaseException) -> int | None:
@@ -51,7 +60,7 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -65,7 +74,7 @@ def remove_stale_temporaries(path: Path) -> None:
     """Delete temporary files of ``path`` left by killed processes (not by live ones)."""
     for tmp in path.parent.glob(f".{glob_escape(path.name)}.tmp-*"):
         pid = tmp.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             tmp.unlink(missing_ok=True)
 
 

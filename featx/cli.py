@@ -13,6 +13,7 @@ from .errors import FeatxError
 from .store import DEFAULT_LAYER
 
 DEFAULT_CACHE = os.environ.get("FEATX_CACHE", "cache")
+DEFAULT_DATA = os.environ.get("FEATX_DATA", "data")
 
 
 def _positive(text: str) -> int:
@@ -34,6 +35,23 @@ def _fraction(text: str) -> float:
     if not 0 < value < 1:
         raise argparse.ArgumentTypeError(f"must lie between 0 and 1, got {value}")
     return value
+
+
+def _names(text: str) -> list[str]:
+    names = list(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    if not names:
+        raise argparse.ArgumentTypeError("name at least one")
+    return names
+
+
+def _per_class(text: str) -> dict[str, int]:
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        split, _, n = part.partition("=")
+        if split not in ("train", "val", "test") or not n.isdigit() or int(n) < 1:
+            raise argparse.ArgumentTypeError(f"expected SPLIT=N with SPLIT train, val or test, got {part!r}")
+        out[split] = int(n)
+    return out
 
 
 def _on_error(p: argparse.ArgumentParser, default: str | None = "skip") -> None:
@@ -131,6 +149,32 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default=os.path.join("reports", "demo"), metavar="DIR")
     d.add_argument("--data", metavar="SRC", help="your images instead (folder with train/ and test/, or any source)")
     d.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR")
+
+    b = sub.add_parser("bench", help="datasets x backbones x methods in one report, with published figures beside")
+    b.add_argument("--datasets", required=True, type=_names, metavar="A,B", help="from featx datasets list")
+    b.add_argument("--backbones", required=True, type=_names, metavar="X,Y")
+    b.add_argument("--heads", type=_names, default=["logreg"], metavar="H,..", help="default: logreg, the linear probe")
+    b.add_argument("--finetune", action="store_true", help="also fine-tune each backbone (LP-FT) on each dataset")
+    b.add_argument("--epochs", type=_positive, metavar="N", help="fine-tuning epochs (default: the pipeline's)")
+    b.add_argument("--per-class", type=_per_class, default={}, metavar="SPLIT=N,..",
+                   help="a seeded subset, e.g. train=500,test=200 images per class")
+    b.add_argument("--image-size", type=_positive, metavar="N")
+    b.add_argument("--batch-size", type=_positive, metavar="N")
+    b.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    b.add_argument("--seed", type=int, default=0)
+    b.add_argument("--root", default=DEFAULT_DATA, metavar="DIR", help=f"datasets folder (default: {DEFAULT_DATA})")
+    b.add_argument("--out", default=os.path.join("reports", "bench"), metavar="DIR")
+    b.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR")
+
+    ds = sub.add_parser("datasets", help="the standard transfer datasets: list them, or fetch one in featx's layout")
+    dsub = ds.add_subparsers(dest="action", required=True, metavar="ACTION")
+    dl = dsub.add_parser("list", help="the datasets featx can fetch, and which are under --root")
+    dl.add_argument("--root", default=DEFAULT_DATA, metavar="DIR")
+    dg = dsub.add_parser("get", help="download (or take --archive), verify and convert; prints the folder")
+    dg.add_argument("name", metavar="NAME")
+    dg.add_argument("--root", default=DEFAULT_DATA, metavar="DIR", help=f"where datasets go (default: {DEFAULT_DATA})")
+    dg.add_argument("--archive", action="append", default=[], metavar="FILE",
+                    help="a copy of the dataset's archive fetched by hand (repeat for datasets of several files)")
 
     c = sub.add_parser("cache", help="inspect and manage the embedding stores")
     csub = c.add_subparsers(dest="action", required=True, metavar="ACTION")
@@ -257,6 +301,42 @@ def _demo(args) -> int:
     return _show(pipeline.run(p, args.out, args.cache, progress=True, log=_log), args.out)
 
 
+def _bench(args) -> int:
+    from .bench import run_bench, summary
+
+    extract = {k: v for k, v in (("image_size", args.image_size), ("batch_size", args.batch_size),
+                                 ("device", args.device)) if v is not None}
+    finetune = None
+    if args.finetune:
+        finetune = {"strategies": ["lp_ft"], **({"epochs": args.epochs} if args.epochs else {})}
+    elif args.epochs:
+        raise FeatxError("--epochs sets the fine-tuning's epochs; add --finetune")
+    suite = run_bench(args.datasets, args.backbones, args.heads, args.out, root=args.root, cache_dir=args.cache,
+                      finetune=finetune, extract=extract, per_class=args.per_class, seed=args.seed, progress=True,
+                      log=_log)
+    for line in summary(suite):
+        print(line, file=sys.stderr)
+    print(f"report: {os.path.join(args.out, 'report.html')}")
+    return 0
+
+
+def _datasets(args) -> int:
+    from . import datasets
+
+    if args.action == "list":
+        rows = [("name", "download", "prepared", "splits")]
+        for d in datasets.CATALOG.values():
+            done = datasets.prepared(args.root, d.name)
+            size = f"{d.download_bytes / 1e6:,.0f} MB" if d.packagings[0].downloadable else "-"
+            rows.append((d.name, size, f"{done['images']:,} images" if done else "-", d.splits))
+        widths = [max(len(r[k]) for r in rows) for k in range(3)]
+        for r in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths)) + "  " + r[3])
+        return 0
+    print(datasets.get(args.name, args.root, archives=args.archive, progress=True, log=_log))
+    return 0
+
+
 def _cache(args) -> int:
     from . import store
 
@@ -305,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
 
     args = _parser().parse_args(argv)
     try:
-        commands = {"extract": _extract, "train": _train, "predict": _predict, "finetune": _finetune, "run": _run, "demo": _demo, "cache": _cache}
+        commands = {"extract": _extract, "train": _train, "predict": _predict, "finetune": _finetune, "run": _run, "demo": _demo, "cache": _cache,
+                    "bench": _bench, "datasets": _datasets}
         if not distributed.launched():
             return commands[args.command](args)
         if args.command not in ("extract", "run", "finetune"):

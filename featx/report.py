@@ -228,15 +228,21 @@ def _sections(report: dict, figs: dict[str, bytes]) -> list[tuple[str, str, obje
 
 
 def to_markdown(report: dict, figs: dict[str, bytes]) -> str:
-    parts = [f"# featx report: {report['name']}", f"_{report.get('created', '')}, {report.get('seconds', '')} s_"]
-    for title, kind, content in _sections(report, figs):
-        parts.append(f"## {title}")
+    return markdown(f"featx report: {report['name']}", f"{report.get('created', '')}, {report.get('seconds', '')} s",
+                    _sections(report, figs))
+
+
+def markdown(title: str, subtitle: str, sections: list[tuple[str, str, object]]) -> str:
+    """A Markdown page of (title, kind, content) sections; figures are linked by file name."""
+    parts = [f"# {title}", f"_{subtitle}_"]
+    for heading, kind, content in sections:
+        parts.append(f"## {heading}")
         if kind == "text":
             parts.append("\n".join(f"- {line}" for line in content))
         elif kind == "table":
             parts.append(_md_table(content))
         else:
-            parts.append(f"![{title}]({content})")
+            parts.append(f"![{heading}]({content})")
     return "\n\n".join(parts) + "\n"
 
 
@@ -246,18 +252,23 @@ _CSS = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;p
 
 
 def to_html(report: dict, figs: dict[str, bytes]) -> str:
-    parts = [f"<h1>featx report: {html.escape(report['name'])}</h1>",
-             f"<p><em>{html.escape(str(report.get('created', '')))}, {report.get('seconds', '')} s</em></p>"]
-    for title, kind, content in _sections(report, figs):
-        parts.append(f"<h2>{html.escape(title)}</h2>")
+    return html_page(f"featx report: {report['name']}", f"{report.get('created', '')}, {report.get('seconds', '')} s",
+                     _sections(report, figs), figs)
+
+
+def html_page(title: str, subtitle: str, sections: list[tuple[str, str, object]], figs: dict[str, bytes]) -> str:
+    """A self-contained HTML page of (title, kind, content) sections, figures embedded."""
+    parts = [f"<h1>{html.escape(title)}</h1>", f"<p><em>{html.escape(subtitle)}</em></p>"]
+    for heading, kind, content in sections:
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
         if kind == "text":
             parts.append("<ul>" + "".join(f"<li>{html.escape(line)}</li>" for line in content) + "</ul>")
         elif kind == "table":
             parts.append(_html_table(content))
         else:
             data = base64.b64encode(figs[content]).decode("ascii")
-            parts.append(f'<img alt="{html.escape(title)}" src="data:image/png;base64,{data}">')
-    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>featx: {html.escape(report['name'])}"
+            parts.append(f'<img alt="{html.escape(heading)}" src="data:image/png;base64,{data}">')
+    return (f"<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>{html.escape(title)}"
             f"</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>\n")
 
 

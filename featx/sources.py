@@ -63,6 +63,9 @@ def _label_items(entries: list[tuple[str, str]]) -> tuple[list[str], list[Item]]
     return classes, items
 
 
+SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
+
+
 class ImageFolderSource(Source):
     """``root/<class>/<image>``; images directly in ``root`` are unlabelled."""
 
@@ -70,7 +73,10 @@ class ImageFolderSource(Source):
         root = Path(root)
         if not root.is_dir():
             raise SourceError(f"{root}: not a directory")
-        super().__init__(spec=f"dir:{root.resolve()}", name=root.resolve().name)
+        real = root.resolve()
+        # a split folder is named with its dataset's: data/cifar10/train -> cifar10-train
+        name = f"{real.parent.name}-{real.name}" if real.name.lower() in SPLIT_NAMES and real.parent.name else real.name
+        super().__init__(spec=f"dir:{real}", name=name)
         self.root = root
         entries, problems, seen = [], [], set()
         # Symlinked folders are followed, each real folder listed once: a link that loops

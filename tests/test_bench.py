@@ -105,6 +105,9 @@ def test_bad_requests_are_one_line(tmp_path):
     rc, _, err, _ = run_featx(["bench", "--datasets", "cifar10", "--backbones", "efficientnet_lite0", "--epochs", "2"],
                               tmp_path)
     assert rc == 1 and err.strip() == "featx: error: --epochs sets the fine-tuning's epochs; add --finetune"
+    rc, _, err, _ = run_featx(["bench", "--datasets", "cifar10", "--backbones", "efficientnet_lite0", "--per-class",
+                               "train=500,tset=200"], tmp_path)
+    assert rc == 2 and "expected SPLIT=N with SPLIT train, val or test, got 'tset=200'" in err
     rc, _, err, _ = run_featx(["bench", "--datasets", "nosuch", "--backbones", "efficientnet_lite0"], tmp_path)
     assert rc == 1 and err.strip().startswith("featx: error: unknown dataset 'nosuch'")
     with pytest.raises(FeatxError, match="featx bench: unknown head 'logistic'"):

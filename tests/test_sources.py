@@ -25,6 +25,15 @@ def test_image_folder_order_keys_classes_and_problems(tmp_path):
     assert src.read(src.items[0]) == (tmp_path / "ant" / "00.jpg").read_bytes()
 
 
+def test_a_split_folder_is_named_with_its_dataset(tmp_path):
+    """Stores of data/cifar10/train and data/pets/train must not both be called "train"."""
+    for folder in ("cifar10/train", "cifar10/Test", "photos"):
+        make_folder(tmp_path / folder, {"a": 1})
+    assert ImageFolderSource(tmp_path / "cifar10" / "train").name == "cifar10-train"
+    assert ImageFolderSource(tmp_path / "cifar10" / "Test").name == "cifar10-Test"
+    assert ImageFolderSource(tmp_path / "photos").name == "photos"
+
+
 def test_stamp_changes_when_a_file_changes(tmp_path):
     make_folder(tmp_path, {"a": 1})
     before = open_source(tmp_path).items[0].stamp

@@ -99,16 +99,18 @@ def test_only_a_per_class_limit_that_leaves_images_out_makes_a_subset(tmp_path):
     assert bench._cutting(tmp_path, {"train": 3, "test": 200}) == {"train": 3}
 
 
-def test_bad_requests_are_one_line(tmp_path):
-    from crash import run_featx
+def test_bad_requests_are_one_line(tmp_path, capsys, monkeypatch):
+    from featx.cli import main
 
-    rc, _, err, _ = run_featx(["bench", "--datasets", "cifar10", "--backbones", "efficientnet_lite0", "--epochs", "2"],
-                              tmp_path)
-    assert rc == 1 and err.strip() == "featx: error: --epochs sets the fine-tuning's epochs; add --finetune"
-    rc, _, err, _ = run_featx(["bench", "--datasets", "cifar10", "--backbones", "efficientnet_lite0", "--per-class",
-                               "train=500,tset=200"], tmp_path)
-    assert rc == 2 and "expected SPLIT=N with SPLIT train, val or test, got 'tset=200'" in err
-    rc, _, err, _ = run_featx(["bench", "--datasets", "nosuch", "--backbones", "efficientnet_lite0"], tmp_path)
-    assert rc == 1 and err.strip().startswith("featx: error: unknown dataset 'nosuch'")
+    monkeypatch.chdir(tmp_path)
+    assert main(["bench", "--datasets", "cifar10", "--backbones", "efficientnet_lite0", "--epochs", "2"]) == 1
+    assert capsys.readouterr().err.strip() == "featx: error: --epochs sets the fine-tuning's epochs; add --finetune"
+    with pytest.raises(SystemExit) as exit_:
+        main(["bench", "--datasets", "cifar10", "--backbones", "efficientnet_lite0", "--per-class", "train=500,tset=200"])
+    assert exit_.value.code == 2
+    assert "expected SPLIT=N with SPLIT train, val or test, got 'tset=200'" in capsys.readouterr().err
+    assert main(["bench", "--datasets", "nosuch", "--backbones", "efficientnet_lite0"]) == 1
+    assert capsys.readouterr().err.strip().startswith("featx: error: unknown dataset 'nosuch'")
+    assert list(tmp_path.iterdir()) == []  # nothing fetched, nothing written
     with pytest.raises(FeatxError, match="featx bench: unknown head 'logistic'"):
         bench.pipeline_for("x", tmp_path, ["efficientnet_lite0"], ["logistic"], None, {}, {}, 0)

@@ -4,14 +4,12 @@ through ``featx datasets get --archive``."""
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
-from crash import run_featx
 from imagegen import jpeg_bytes, photo
 from PIL import Image
 
@@ -190,23 +188,22 @@ def test_every_catalogue_entry_names_its_official_files_and_their_checksums():
         assert ds.splits and ds.homepage.startswith("https://")
 
 
-def test_the_shared_archives_are_taken_with_archive(tmp_path, hymenoptera):
+def test_the_shared_archives_are_taken_with_archive(tmp_path, hymenoptera, capsys):
+    from featx.cli import main
+
     root = tmp_path / "data"
-    rc, out, err, _ = run_featx(["datasets", "get", "hymenoptera", "--root", str(root), "--archive", str(hymenoptera)],
-                                tmp_path)
-    assert rc == 0, err
-    assert out.splitlines()[-1] == str(root / "hymenoptera")
+    assert main(["datasets", "get", "hymenoptera", "--root", str(root), "--archive", str(hymenoptera)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == str(root / "hymenoptera")
     record = prepared(root, "hymenoptera")
     assert record["packaging"] == "tar of the same folders" and record["splits"] == {"train": 245, "test": 153}
     assert sorted(p.name for p in (root / "hymenoptera").iterdir()) == [MARKER, "test", "train"]
     assert len(list((root / "hymenoptera" / "test" / "bees").iterdir())) == 83
-    json.loads((root / "hymenoptera" / MARKER).read_text())
-    rc, out, err, _ = run_featx(["datasets", "list", "--root", str(root)], tmp_path)
-    assert rc == 0 and any(line.startswith("hymenoptera") and "398 images" in line for line in out.splitlines())
+    assert main(["datasets", "list", "--root", str(root)]) == 0
+    assert any(line.startswith("hymenoptera") and "398 images" in line for line in capsys.readouterr().out.splitlines())
     # a file that is not an archive featx knows, for this dataset: one line, naming it
-    rc, out, err, _ = run_featx(["datasets", "get", "cifar10", "--root", str(root), "--archive", str(hymenoptera)],
-                                tmp_path)
+    assert main(["datasets", "get", "cifar10", "--root", str(root), "--archive", str(hymenoptera)]) == 1
+    err = capsys.readouterr().err
     errors = [line for line in err.splitlines() if line.startswith("featx: error:")]
-    assert rc == 1 and len(errors) == 1 and err.splitlines()[-1] == errors[0]
+    assert len(errors) == 1 and err.splitlines()[-1] == errors[0]
     assert errors[0].startswith(f"featx: error: {hymenoptera}: not an archive of cifar10 that featx knows")
     assert not (root / "cifar10").exists()

@@ -61,9 +61,9 @@ def run_bench(names: list[str], backbones: list[str], heads: list[str], out_dir:
         report = run(p, out / name, cache_dir, progress=progress, log=log)
         d = report["data"]
         n_train, n_test = d["n_train"] + d["n_val"], d["n_test"]
-        data.append({"dataset": name, "subset": cuts or None, "classes": len(d["classes"]), "n_train": d["n_train"], "n_val": d["n_val"],
-                     "n_test": n_test, "validation": d["validation"], "splits": datasets.dataset(name).splits,
-                     "report": f"{name}/report.html"})
+        data.append({"dataset": name, "subset": cuts or None, "classes": len(d["classes"]), "n_train": d["n_train"],
+                     "n_val": d["n_val"], "n_test": n_test, "validation": d["validation"],
+                     "splits": datasets.dataset(name).splits, "report": f"{name}/report.html"})
         for r in report["results"]:
             ref = reference_for(name, r["backbone"], r["method"], n_train, n_test, subset=bool(cuts))
             rows.append({"dataset": name, "backbone": r["backbone"], "method": method_label(r),

@@ -162,12 +162,12 @@ def get(name: str | Dataset, root: str | os.PathLike = "data", archives: list[st
     if done is not None:
         log(f"{target}: already there ({done['images']:,} images)")
         return target
-    if target.exists() and done is None:
+    if target.exists():
         raise DatasetError(f"{target}: exists but was not made by featx datasets get (no {MARKER}); "
                            f"move it away or choose another --root")
     root.mkdir(parents=True, exist_ok=True)
     with write_lock(target, f"{target}: another featx process is preparing it; wait for it to finish", DatasetError):
-        if prepared(root, ds.name) is not None:  # finished by the process we waited for
+        if prepared(root, ds.name) is not None:  # another get finished it since the check above
             return target
         packaging, files = _archives(ds, root / DOWNLOADS, [Path(a) for a in archives], progress, log)
         _remove_leftovers(root, ds.name)
@@ -177,9 +177,7 @@ def get(name: str | Dataset, root: str | os.PathLike = "data", archives: list[st
             packaging.convert(files, work, tmp)
             record = _record(ds, packaging, files, tmp)
             write_bytes(tmp / MARKER, json.dumps(record, indent=2).encode())
-            if target.exists():
-                shutil.rmtree(target)
-            os.replace(tmp, target)
+            os.replace(tmp, target)  # whole, with its marker, or not there at all
             fsync_dir(root)
         finally:
             shutil.rmtree(work, ignore_errors=True)

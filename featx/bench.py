@@ -22,7 +22,7 @@ from . import datasets, distributed
 from .files import write_bytes
 from .pipeline import Pipeline, environment, from_dict, run
 from .references import reference_for
-from .report import html_page, markdown, method_label
+from .report import environment_table, html_page, markdown, method_label
 
 PROTOCOL = ("each dataset's official splits; heads: hyper-parameters chosen on the validation split (the "
             "dataset's own, else a stratified share of train), refit on train + validation, the test split scored "
@@ -140,7 +140,7 @@ def _sections(suite: dict) -> list[tuple[str, str, object]]:
     out.append(("Published figures beside ours", "table", refs) if len(refs) > 1 else
                ("Published figures beside ours", "text", [none]))
     out += [("Extraction speed", "table", speed), ("Datasets", "table", data),
-            ("Environment", "table", [["key", "value"]] + [[k, str(v)] for k, v in suite["environment"].items()])]
+            ("Environment", "table", environment_table(suite))]
     return out
 
 

@@ -175,7 +175,7 @@ def get(name: str | Dataset, root: str | os.PathLike = "data", archives: list[st
         try:
             log(f"{ds.name}: converting {', '.join(files)} into {target}")
             packaging.convert(files, work, tmp)
-            record = _record(ds, packaging, files, tmp)
+            record = _record(ds, packaging, tmp)
             write_bytes(tmp / MARKER, json.dumps(record, indent=2).encode())
             os.replace(tmp, target)  # whole, with its marker, or not there at all
             fsync_dir(root)
@@ -232,7 +232,7 @@ def _remove_leftovers(root: Path, name: str) -> None:
             shutil.rmtree(leftover, ignore_errors=True)
 
 
-def _record(ds: Dataset, packaging: Packaging, files: dict[str, Path], folder: Path) -> dict:
+def _record(ds: Dataset, packaging: Packaging, folder: Path) -> dict:
     splits = {}
     classes = set()
     for split in SPLITS:
@@ -243,5 +243,5 @@ def _record(ds: Dataset, packaging: Packaging, files: dict[str, Path], folder: P
     if "train" not in splits or "test" not in splits:
         raise DatasetError(f"{ds.name}: the archives gave no {'train' if 'train' not in splits else 'test'} split")
     return {"dataset": ds.name, "featx": __version__, "packaging": packaging.name,
-            "archives": {n: r.sha256 for n, r in ((r.filename, r) for r in packaging.files)},
+            "archives": {r.filename: r.sha256 for r in packaging.files},
             "splits": splits, "images": sum(splits.values()), "classes": len(classes), "split_source": ds.splits}

@@ -135,7 +135,7 @@ def _extraction_table(report: dict) -> list[list[str]]:
          e.get("precision", ""), e.get("device", ""), str(e.get("dim", ""))] for e in report["extraction"]]
 
 
-def _environment_table(report: dict) -> list[list[str]]:
+def environment_table(report: dict) -> list[list[str]]:
     return [["item", "value"]] + [[k, str(v)] for k, v in report["environment"].items() if v is not None]
 
 
@@ -223,7 +223,7 @@ def _sections(report: dict, figs: dict[str, bytes]) -> list[tuple[str, str, obje
     if report.get("skipped"):
         out.append(("Skipped files", "text", [f"{s['split']}/{s['key']}: {s['reason']}" for s in report["skipped"]
                                                if s["backbone"] == report["extraction"][0]["backbone"]]))
-    out.append(("Environment", "table", _environment_table(report)))
+    out.append(("Environment", "table", environment_table(report)))
     return out
 
 

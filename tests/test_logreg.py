@@ -6,7 +6,7 @@ import pickle
 
 import numpy as np
 import pytest
-from scipy.special import logsumexp
+from scipy.special import logsumexp, softmax
 from sklearn.linear_model import LogisticRegression
 from sklearn.neighbors import KNeighborsClassifier
 from sklearn.pipeline import make_pipeline
@@ -26,12 +26,31 @@ def blobs(n=600, d=40, k=4, seed=0, spread=2.0):
     return (rng.normal(size=(n, d)) + centres[y] * np.sqrt(d)) @ mix, y
 
 
-def objective(model, X, y):
+def _logits(model, X):
     z = X @ model.coef_.T + model.intercept_
-    if z.shape[1] == 1:
-        z = np.hstack([np.zeros_like(z), z])
+    return np.hstack([np.zeros_like(z), z]) if z.shape[1] == 1 else z
+
+
+def objective(model, X, y):
+    """scikit-learn's objective, in float64: mean cross-entropy + ||W||^2 / (2 C n)."""
+    z = _logits(model, X)
     picked = z[np.arange(len(y)), np.searchsorted(model.classes_, y)]
     return np.mean(logsumexp(z, axis=1) - picked) + (model.coef_ ** 2).sum() / (2 * model.C * len(y))
+
+
+def largest_gradient(model, X, y):
+    """The largest component of the objective's gradient (weights and intercept), in
+    float64: what scikit-learn's L-BFGS stopping rule compares with ``tol``."""
+    z = _logits(model, X)
+    G = (softmax(z, axis=1) - np.eye(z.shape[1])[np.searchsorted(model.classes_, y)]) / len(y)
+    if model.coef_.shape[0] == 1:  # binomial: one column, the second class's
+        G = G[:, 1:]
+    return max(np.abs(G.T @ X + model.coef_ / (model.C * len(y))).max(), np.abs(G.sum(0)).max())
+
+
+# Our solver evaluates its gradient in float32; recomputed in float64 it may differ by
+# rounding, so the stopping rule is checked with this much room.
+FLOAT32_ROOM = 1.1
 
 
 @pytest.mark.parametrize("k", [2, 4])
@@ -42,9 +61,13 @@ def test_gets_at_least_as_close_to_the_optimum_as_scikit_learn(k, C):
     sk = LogisticRegression(C=C, max_iter=1000).fit(X, y)  # the same tolerance as ours
     ours = TorchLogisticRegression(C=C, device="cpu").fit(X, y)
     assert ours.coef_.shape == optimum.coef_.shape == ((1 if k == 2 else k), X.shape[1])
+    # Closeness in the objective, the quantity both solvers minimise, not in probabilities:
+    # at C = 100 the classes are nearly separable and the probabilities saturate, so two
+    # points equally close to the optimum may differ there by more than any fixed bound.
     assert objective(optimum, X, y) <= objective(ours, X, y) <= objective(sk, X, y) + 1e-9
-    assert np.abs(ours.predict_proba(X) - optimum.predict_proba(X)).max() < 5e-3
-    assert np.mean(ours.predict(X) == optimum.predict(X)) >= 0.995
+    # ... and it stopped where scikit-learn's own rule lets it stop.
+    assert largest_gradient(ours, X, y) <= FLOAT32_ROOM * ours.tol
+    assert largest_gradient(sk, X, y) <= FLOAT32_ROOM * sk.tol  # the rule, checked on scikit-learn itself
 
 
 def test_warm_start_along_the_path_matches_fresh_fits():
@@ -54,7 +77,7 @@ def test_warm_start_along_the_path_matches_fresh_fits():
         warm.set_params(C=C).fit(X, y)
         fresh = TorchLogisticRegression(C=C, device="cpu").fit(X, y)
         assert objective(warm, X, y) == pytest.approx(objective(fresh, X, y), rel=1e-3)
-        assert np.abs(warm.predict_proba(X) - fresh.predict_proba(X)).max() < 5e-3
+        assert largest_gradient(warm, X, y) <= FLOAT32_ROOM * warm.tol
 
 
 def test_the_rotation_is_not_part_of_a_saved_model():

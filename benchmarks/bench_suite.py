@@ -35,7 +35,7 @@ def readme_protocol(out: Path, dataset: str, backbone: str) -> dict:
     from sklearn.preprocessing import StandardScaler
 
     from featx import store
-    from featx.models import align_labels
+    from featx.heads.fitting import align_labels
 
     report = json.loads((out / dataset / "report.json").read_text())
     stores = next(e["stores"] for e in report["extraction"] if e["backbone"] == backbone)

@@ -17,7 +17,7 @@ import time
 import torch
 
 from featx.backbones import load_backbone
-from featx.frozen import frozen_embed
+from featx.extraction.frozen import frozen_embed
 
 
 def rate(run, x, batches: int) -> float:

@@ -18,8 +18,8 @@ DATASETS = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parent
 
 CHILD = """
 import json, resource, sys, time
-from featx.extract import extract
-from featx.sources import SubsetSource, open_source
+from featx.data.sources import SubsetSource, open_source
+from featx.extraction import extract
 src = open_source(sys.argv[1])
 if int(sys.argv[2]) < len(src.items):
     src = SubsetSource(src, int(sys.argv[2]) // len(src.classes), seed=0)

@@ -31,14 +31,10 @@ import torch
 
 from featx import store
 from featx.backbones import load_backbone
-from featx.extract import (
-    PRECISIONS,
-    default_batch_size,
-    extract,
-    resolve_device,
-    resolve_precision,
-)
-from featx.frozen import frozen_embed, use_frozen
+from featx.core.devices import PRECISIONS, resolve_device, resolve_precision
+from featx.extraction import extract
+from featx.extraction.frozen import frozen_embed, use_frozen
+from featx.extraction.loader import default_batch_size
 
 # the shared datasets beside the project, or FEATX_DATASETS (on a machine without them)
 DATASETS = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))

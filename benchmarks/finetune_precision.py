@@ -15,8 +15,11 @@ import torch
 from torch import nn
 
 from featx.backbones import load_backbone
-from featx.extract import resolve_device
-from featx.finetune import PRECISIONS, Settings, _network, _optimizer, _trainable
+from featx.core.devices import PRECISIONS, resolve_device
+from featx.training import Settings
+from featx.training.network import network as _network
+from featx.training.network import optimizer as _optimizer
+from featx.training.network import trainable as _trainable
 
 
 def _images_per_second(net, opt, frozen, x, y, dtype, steps: int) -> float:

@@ -24,9 +24,12 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from featx import models, store
-from featx.extract import extract, resolve_device
-from featx.heads import C_GRID, _score, make_head, validation_split
+from featx import store
+from featx.core.devices import resolve_device
+from featx.extraction import extract
+from featx.heads import C_GRID, make_head, validation_split
+from featx.heads.base import score as _score
+from featx.heads.fitting import align_labels
 
 # the shared datasets beside the project, or FEATX_DATASETS (on a machine without them)
 DATASETS = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
@@ -55,7 +58,7 @@ def main() -> None:
              for s in ("train", "test")]
     print(f"features ready: {[str(p) for p in paths]}", file=sys.stderr, flush=True)
     (X, y, _, classes), (Xte, yte, _, tclasses) = (store.load(path) for path in paths)
-    yte = models.align_labels(yte, tclasses, classes, "cifar10 test")
+    yte = align_labels(yte, tclasses, classes, "cifar10 test")
     if args.rows and args.rows < len(y):
         keep, _ = train_test_split(np.arange(len(y)), train_size=args.rows, stratify=y, random_state=args.seed)
         X, y = X[np.sort(keep)], y[np.sort(keep)]

@@ -17,7 +17,7 @@ from sklearn.linear_model import LogisticRegressionCV
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from featx.extract import extract
+from featx.extraction import extract
 from featx.store import load
 
 DATASETS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets"

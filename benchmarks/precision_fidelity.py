@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 from extract_throughput import bound
 
-from featx import frozen, models, store
+from featx import store
 from featx.backbones import load_backbone
-from featx.extract import extract, resolve_device
+from featx.core.devices import resolve_device
+from featx.data.sources import SubsetSource, open_source
+from featx.extraction import extract, frozen
 from featx.heads import LogRegHead
-from featx.sources import SubsetSource, open_source
+from featx.heads.fitting import align_labels, fit
 
 # the shared datasets beside the project, or FEATX_DATASETS (on a machine without them)
 DATASETS = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
@@ -60,8 +62,8 @@ def main() -> None:
             stores = [extract(s, bb, args.cache, precision=prec.removesuffix("-frozen"), device=args.device).path
                       for s in (train, test)]
             (Xtr, ytr, ktr, classes), (Xte, yte, kte, tclasses) = (store.load(s) for s in stores)
-            yte = models.align_labels(yte, tclasses, classes, test.spec)
-            model, vm, _ = models.fit(Xtr, ytr, "logreg")
+            yte = align_labels(yte, tclasses, classes, test.spec)
+            model, vm, _ = fit(Xtr, ytr, "logreg")
             result[prec] = {"X": np.concatenate([Xtr, Xte]), "keys": np.concatenate([ktr, kte]),
                             "accuracy": float(np.mean(model.predict(Xte) == yte)), "C": vm["best_params"]["C"],
                             "train": (Xtr, ytr), "test": (Xte, yte)}

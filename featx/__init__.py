@@ -1,3 +1,5 @@
 """featx: frozen pretrained features for image collections, cached and ready for heads."""
 
-__version__ = "0.1.0"
+from .core.version import __version__
+
+__all__ = ["__version__"]

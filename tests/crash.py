@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from featx import store
-from featx.store import read_rows
+from featx.store import read
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,7 +35,7 @@ def run_featx(args: list[str], cwd: Path, prelude: str = "") -> tuple[int, str, 
 
 # A long extraction commits every 2,048 images; the small jobs of the tests commit every
 # batch, so that a kill can land between commits.
-COMMIT_EVERY_BATCH = "import featx.extract as E\nE.extract.__kwdefaults__['commit_rows'] = 1\n"
+COMMIT_EVERY_BATCH = ["--commit-rows", "1"]
 
 
 def kill_after(args: list[str], cwd: Path, seconds: float, prelude: str = "", once=None) -> bool:
@@ -92,7 +92,7 @@ def phase(cache: Path) -> str:
 
 def assert_intact(*folders: Path) -> None:
     """Every file featx left is readable; temporaries are only hidden ``.*.tmp-<pid>`` files."""
-    from featx.finetune import load_checkpoint
+    from featx.training import load_checkpoint
 
     for folder in folders:
         for p in folder.rglob("*"):
@@ -115,8 +115,8 @@ def assert_intact(*folders: Path) -> None:
 
 def store_equal(a: Path, b: Path) -> None:
     """Same rows, order, labels, classes, skipped files and bit-identical features."""
-    ra, la, ca, *_ = read_rows(a)
-    rb, lb, cb, *_ = read_rows(b)
+    a, b = read(a), read(b)
+    (ra, la, ca), (rb, lb, cb) = (a.rows, a.labels, a.classes), (b.rows, b.labels, b.classes)
     assert ca == cb and np.array_equal(la, lb)
     assert list(ra.keys) == list(rb.keys) and list(ra.sha256) == list(rb.sha256)
     assert list(ra.skipped_keys) == list(rb.skipped_keys) and list(ra.skipped_reasons) == list(rb.skipped_reasons)

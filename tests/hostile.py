@@ -196,9 +196,11 @@ def _yamls(root: Path) -> list[Case]:
 def outcomes(root: Path, cases: list[Case], backbone, cache: Path) -> list[dict]:
     """Run featx on every input of the corpus; for each case what happened: ``embedded``,
     ``skipped`` (with its recorded reason) or ``refused`` (with the error), else ``missing``."""
-    from featx import models, pipeline, store
-    from featx.errors import FeatxError
-    from featx.extract import extract
+    from featx import store
+    from featx.bench import pipeline
+    from featx.heads.fitting import train as train_head
+    from featx.core.errors import FeatxError
+    from featx.extraction import extract
 
     specs = {"folder": str(root / "folder"), "single": str(root / "single"), "tar": f"{root / 'members.tar'}:root"}
     results = []
@@ -214,7 +216,7 @@ def outcomes(root: Path, cases: list[Case], backbone, cache: Path) -> list[dict]
                 keys = set(store.load(path)[2].tolist())
                 skipped = {s["key"]: s["reason"] for s in store.info(path)["skipped"]}
                 if kind == "single":
-                    models.train(path, "logreg")
+                    train_head(path, "logreg")
         except FeatxError as exc:
             error = str(exc)
         for c in mine:

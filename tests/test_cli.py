@@ -35,7 +35,7 @@ def test_extract_sample_prints_the_store_path_last(tmp_path):
 
 
 def test_cache_commands(tmp_path, capsys, lite0_small):
-    from featx.extract import extract
+    from featx.extraction import extract
 
     from imagegen import make_folder
 

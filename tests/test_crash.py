@@ -25,7 +25,7 @@ from crash import (
 )
 from imagegen import jpeg_bytes, make_folder, photo
 
-from featx import models
+from featx.heads.bundle import load as load_model
 
 EXTRACT = ["extract", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8", "--workers", "1"]
 
@@ -39,8 +39,8 @@ def job(tmp_path_factory):
     (data / "a" / "broken.jpg").write_bytes(jpeg_bytes(photo(1))[:600])
     (data / "b" / "empty.jpg").write_bytes(b"")
     cache = tmp / "reference"
-    first, end, path = work_window([*EXTRACT, "--data", str(data), "--cache", str(cache)], tmp, cache,
-                                   COMMIT_EVERY_BATCH)
+    first, end, path = work_window([*EXTRACT, "--data", str(data), "--cache", str(cache), *COMMIT_EVERY_BATCH], tmp,
+                                   cache)
     return tmp, data, path, (first, end)
 
 
@@ -51,7 +51,7 @@ def _kill_and_rerun(job, tmp_path, seconds: float, after_first_commit: bool) -> 
     cache = tmp_path / "cache"
     args = [*EXTRACT, "--data", str(data), "--cache", str(cache)]
     committed = (lambda: any(cache.glob("*.journal/*.npz"))) if after_first_commit else None
-    killed = kill_after(args, root, seconds, COMMIT_EVERY_BATCH, once=committed)
+    killed = kill_after([*args, *COMMIT_EVERY_BATCH], root, seconds, once=committed)
     where = phase(cache) if killed else "finished before the kill"
     assert_intact(cache)
     rc, out, err, _ = run_featx(args, root)
@@ -88,18 +88,18 @@ _KILL = "import os, signal\ndef _die(*a, **k):\n    os.kill(os.getpid(), signal.
 STEPS = {
     # a journal chunk fully written to its temporary name, not yet renamed
     "journal chunk before its rename": _KILL + (
-        "import featx.files as F\n_r = F.os.replace\n"
+        "import featx.core.files as F\n_r = F.os.replace\n"
         "F.os.replace = lambda a, b: _die() if str(b).endswith('00000003.npz') else _r(a, b)\n"),
     # the store partly written under its temporary name
     "store partly written": _KILL + (
-        "import featx.store as S\nS.WRITE_BLOCK = 32\n_t, _n = S.take, [0]\n"
+        "import featx.store.hdf5 as S\nS.WRITE_BLOCK = 32\n_t, _n = S.take, [0]\n"
         "def take(x, rows):\n    _n[0] += 1\n    return _die() if _n[0] == 2 else _t(x, rows)\nS.take = take\n"),
     # the store complete under its temporary name, not yet renamed
     "store before its rename": _KILL + (
-        "import featx.files as F\n_r = F.os.replace\n"
+        "import featx.core.files as F\n_r = F.os.replace\n"
         "F.os.replace = lambda a, b: _die() if str(b).endswith('.h5') else _r(a, b)\n"),
     # the store in place, the journal not yet cleared
-    "journal before it is cleared": _KILL + "import featx.store as S\nS.Journal.clear = _die\n",
+    "journal before it is cleared": _KILL + "import featx.store.journal as S\nS.Journal.clear = _die\n",
 }
 
 
@@ -112,7 +112,7 @@ def test_a_kill_at_each_step_of_writing_leaves_readable_files_and_the_rerun_equa
         (data / "a" / "new.jpg").write_bytes(jpeg_bytes(photo(999)))
     args = [*EXTRACT, "--data", str(data), "--cache", str(cache), "--on-error", "skip"]
     try:
-        rc, _, _, _ = run_featx(args, root, prelude=COMMIT_EVERY_BATCH + STEPS[step])
+        rc, _, _, _ = run_featx([*args, *COMMIT_EVERY_BATCH], root, prelude=STEPS[step])
         assert rc == -9, "the planted kill did not happen"
         assert_intact(cache)
         rc, out, err, _ = run_featx(args, root)
@@ -162,7 +162,7 @@ def test_a_killed_head_fit_leaves_no_model_or_a_whole_one(tmp_path, job):
     for fraction in (0.6, 0.9):
         kill_after(args, root, fraction * seconds)
         if out.exists() and out.with_name("m.joblib.json").exists():
-            models.load(out)  # a model that is there is whole: its digest matches
+            load_model(out)  # a model that is there is whole: its digest matches
     rc, _, err, _ = run_featx(args, root)
     assert rc == 0, err
-    assert models.load(out)["head"] == "logreg"
+    assert load_model(out).head == "logreg"

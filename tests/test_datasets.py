@@ -13,7 +13,7 @@ import pytest
 from imagegen import jpeg_bytes, photo
 from PIL import Image
 
-from featx.datasets import CATALOG, MARKER, prepared
+from featx.data.datasets import CATALOG, MARKER, prepared
 
 
 def _tar(path: Path, members: dict[str, bytes]) -> Path:
@@ -140,7 +140,7 @@ def test_food101_follows_its_meta_lists(tmp_path):
 
 
 def test_a_split_file_naming_a_missing_image_is_one_line(tmp_path):
-    from featx.converters import ConvertError
+    from featx.data.datasets.converters import ConvertError
 
     members = {"food-101/images/ramen/1.jpg": _jpg(1), "food-101/meta/train.txt": b"ramen/1\nramen/2\n",
                "food-101/meta/test.txt": b""}

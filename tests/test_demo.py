@@ -6,8 +6,8 @@ import json
 from imagegen import make_folder
 
 from featx.cli import main
-from featx.demo import DEMO_BACKBONES, demo_pipeline
-from featx.textures import generate
+from featx.bench.demo import DEMO_BACKBONES, demo_pipeline
+from featx.data.textures import generate
 
 
 def test_default_demo_data_is_generated_once_into_the_cache(tmp_path):

@@ -47,7 +47,7 @@ def test_a_store_that_cannot_be_written_keeps_the_old_store_and_the_journal(job,
     cache = tmp_path / "cache"
     args = [*EXTRACT, "--data", str(data), "--cache", str(cache)]
     # journal chunks (8 images, 41 kB each) fit; the store (80 images, 410 kB) does not
-    rc, _, err, _ = run_featx(args, root, prelude=COMMIT_EVERY_BATCH + limit(200_000))
+    rc, _, err, _ = run_featx([*args, *COMMIT_EVERY_BATCH], root, prelude=limit(200_000))
     line = _one_line_error(rc, err)
     assert "cannot write it, the file grew past the size this process may write" in line
     assert "the images embedded in this run are kept in" in line
@@ -106,7 +106,7 @@ def small_disk(tmp_path):
 def test_a_full_disk_during_journal_commits_and_the_store_write_loses_nothing(job, small_disk):
     root, data, reference = job
     args = [*EXTRACT, "--data", str(data), "--cache", str(small_disk)]
-    rc, _, err, _ = run_featx(args, root, COMMIT_EVERY_BATCH)  # 200 kB: fills while the journal grows
+    rc, _, err, _ = run_featx([*args, *COMMIT_EVERY_BATCH], root)  # 200 kB: fills while the journal grows
     line = _one_line_error(rc, err)
     assert "cannot write it, the disk is full (No space left on device)" in line
     assert "the batches committed before it are kept in" in line
@@ -115,7 +115,7 @@ def test_a_full_disk_during_journal_commits_and_the_store_write_loses_nothing(jo
     assert 8 <= committed < 80
 
     subprocess.run(["mount", "-o", "remount,size=600k", str(small_disk)], check=True)
-    rc, _, err, _ = run_featx(args, root, COMMIT_EVERY_BATCH)  # the journal fits now, the store does not
+    rc, _, err, _ = run_featx([*args, *COMMIT_EVERY_BATCH], root)  # the journal fits now, the store does not
     line = _one_line_error(rc, err)
     assert "No space left on device" in line and "the images embedded in this run are kept in" in line
     assert_intact(small_disk)

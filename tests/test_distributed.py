@@ -16,17 +16,18 @@ import torch
 from crash import run_featx, store_equal
 
 from featx import store
-from featx.distributed import World
-from featx.extract import shard
-from featx.sources import Item
+from featx.core.distributed import World
+from featx.extraction.plan import shard
+from featx.data.sources import Item
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = Path(__file__).with_name("committing_featx.py")
 
 
 def torchrun(n: int, args: list[str], cwd: Path) -> subprocess.Popen:
+    """``featx ARGS`` under torchrun; an extraction commits every batch, so a kill lands between commits."""
+    commits = ["--commit-rows", "1"] if args[0] == "extract" else []
     return subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(n),
-                             "--standalone", str(SCRIPT), *args], cwd=cwd,
+                             "--standalone", "-m", "featx", *args, *commits], cwd=cwd,
                             env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
@@ -108,7 +109,7 @@ def test_two_nodes_meeting_at_a_rendezvous_write_the_single_process_store(single
         port = s.getsockname()[1]
     nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
                                "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "featx",
-                               str(SCRIPT), *args, "--cache", str(tmp / "nodes")], cwd=tmp,
+                               "-m", "featx", *args, "--cache", str(tmp / "nodes")], cwd=tmp,
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(n.communicate(timeout=300), n.returncode) for n in nodes]
@@ -157,7 +158,7 @@ def test_a_two_process_fine_tune_trains_an_epoch_and_its_model_loads(tmp_path):
     (otherwise the other one would wait for it forever in the gradient all-reduce)."""
     from imagegen import make_folder
 
-    from featx.finetune import load_checkpoint
+    from featx.training import load_checkpoint
 
     data = make_folder(tmp_path / "data", {"a": 10, "b": 10})
     (data / "a" / "broken.jpg").write_bytes((data / "a" / "00.jpg").read_bytes()[:200])
@@ -188,7 +189,7 @@ def test_a_killed_two_process_fine_tune_resumes_to_the_uninterrupted_weights(tmp
     import torch
     from imagegen import make_folder
 
-    from featx.finetune import load_checkpoint
+    from featx.training import load_checkpoint
 
     data = make_folder(tmp_path / "data", {"a": 10, "b": 10})
 

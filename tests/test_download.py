@@ -14,11 +14,11 @@ import pytest
 from httpserver import FileServer
 from imagegen import jpeg_bytes, photo
 
-from featx import datasets
-from featx.converters import folders
-from featx.datasets import Dataset, DatasetError, Packaging
-from featx.download import DownloadError, Remote, fetch
-from featx.unpack import UnpackError, unpack
+from featx.data import datasets
+from featx.data.datasets.converters import folders
+from featx.data.datasets import Dataset, DatasetError, Packaging
+from featx.data.datasets.download import DownloadError, Remote, fetch
+from featx.data.datasets.unpack import UnpackError, unpack
 
 
 def remote(server: FileServer, path: str, data: bytes, sha256: str | None = None) -> Remote:

@@ -9,8 +9,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from featx.extract import extract
-from featx.store import Journal, info, load, read_rows, remove, verify
+from featx.extraction import extract
+from featx.store import Journal, info, load, read, remove, verify
 
 from imagegen import jpeg_bytes, make_folder, photo
 
@@ -122,8 +122,8 @@ def test_layers_are_stored_under_their_names(tmp_path):
 
 
 def _store_equal(a, b):
-    ra, la, ca, *_ = read_rows(a)
-    rb, lb, cb, *_ = read_rows(b)
+    a, b = read(a), read(b)
+    (ra, la, ca), (rb, lb, cb) = (a.rows, a.labels, a.classes), (b.rows, b.labels, b.classes)
     assert ca == cb and np.array_equal(la, lb)
     assert list(ra.keys) == list(rb.keys) and list(ra.sha256) == list(rb.sha256)
     assert list(ra.skipped_keys) == list(rb.skipped_keys)
@@ -134,7 +134,7 @@ def _store_equal(a, b):
 def test_sigkilled_extraction_resumes_to_an_identical_store(hymenoptera, tmp_path):
     data = f"{hymenoptera}:hymenoptera/val"
     job = (
-        "import sys; from featx.extract import extract; "
+        "import sys; from featx.extraction import extract; "
         f"extract({data!r}, 'efficientnet_lite0', sys.argv[1], image_size=96, batch_size=8, commit_rows=8, workers=1)"
     )
     cache = tmp_path / "killed"
@@ -165,7 +165,7 @@ def test_sigkilled_extraction_resumes_to_an_identical_store(hymenoptera, tmp_pat
 def test_a_source_without_images_is_an_error(tmp_path, lite0_small):
     import pytest
 
-    from featx.errors import SourceError
+    from featx.core.errors import SourceError
 
     (tmp_path / "data" / "a").mkdir(parents=True)
     (tmp_path / "data" / "a" / "readme.txt").write_text("no pictures here")
@@ -176,7 +176,7 @@ def test_a_source_without_images_is_an_error(tmp_path, lite0_small):
 def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path, lite0_small):
     import pytest
 
-    from featx.errors import StoreError
+    from featx.core.errors import StoreError
 
     make_folder(tmp_path / "data", {"a": 2})
     path = extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0).path
@@ -204,11 +204,11 @@ def test_a_store_with_a_leftover_journal_and_temp_file_is_finished_without_model
     between creating the temporary store and renaming it."""
     data = make_folder(tmp_path / "data", {"a": 3})
     first = extract(data, lite0_small, tmp_path / "cache", workers=0)
-    rows = read_rows(first.path)[0]
+    rows = read(first.path).rows
     Journal(first.path).commit(rows)  # as if killed right after the rename
     stale = first.path.with_name(f".{first.path.name}.tmp-99999")
     stale.write_bytes(b"half a store")
-    before = read_rows(first.path)
+    before = read(first.path)
     counter = ForwardCounter(lite0_small)
     try:
         again = extract(data, lite0_small, tmp_path / "cache", workers=0)
@@ -216,9 +216,9 @@ def test_a_store_with_a_leftover_journal_and_temp_file_is_finished_without_model
         counter.handle.remove()
     assert (counter.calls, again.embedded, again.rows) == (0, 0, 3)
     assert not Journal(first.path).dir.exists() and not stale.exists()
-    after = read_rows(first.path)
-    assert list(after[0].keys) == list(before[0].keys)
-    assert np.array_equal(after[0].features["embedding"], before[0].features["embedding"])
+    after = read(first.path)
+    assert list(after.rows.keys) == list(before.rows.keys)
+    assert np.array_equal(after.rows.features["embedding"], before.rows.features["embedding"])
 
 
 def test_a_touched_file_is_recognised_by_its_content(tmp_path, lite0_small):
@@ -257,7 +257,7 @@ def test_a_rewritten_tar_reembeds_only_members_whose_bytes_changed(tmp_path, lit
 
 
 def test_a_file_that_could_not_be_read_is_retried(tmp_path, lite0_small):
-    from featx.sources import ImageFolderSource
+    from featx.data.sources import ImageFolderSource
 
     class FlakyOnce(ImageFolderSource):
         failed = False
@@ -277,7 +277,7 @@ def test_a_file_that_could_not_be_read_is_retried(tmp_path, lite0_small):
 
 
 def test_a_file_that_never_reads_is_retried_without_rewriting_the_store(tmp_path, lite0_small):
-    from featx.sources import ImageFolderSource
+    from featx.data.sources import ImageFolderSource
 
     class Locked(ImageFolderSource):
         attempts = 0
@@ -318,7 +318,7 @@ def test_workers_hand_over_slices_but_the_model_sees_whole_batches(tmp_path, lit
 
 
 def test_default_workers_follow_cores_device_and_memory(monkeypatch):
-    from featx import extract as ex
+    from featx.extraction import loader as ex
 
     monkeypatch.setattr(ex.os, "sched_getaffinity", lambda pid: set(range(16)))
     monkeypatch.setattr(ex.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, (64 << 30) // 4096))
@@ -343,7 +343,7 @@ def test_a_store_whose_provenance_does_not_match_the_request_is_refused(tmp_path
     import h5py
     import pytest
 
-    from featx.errors import StoreError
+    from featx.core.errors import StoreError
 
     make_folder(tmp_path / "data", {"a": 3})
     path = extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0).path

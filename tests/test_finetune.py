@@ -15,10 +15,13 @@ import pytest
 import torch
 from imagegen import make_folder
 
-from featx import finetune as ft
+from featx import training as ft
+from featx.training import state as ft_state
+from featx.training.probe import frozen_features, linear_probe_weights
+from featx.training.splits import make_splits
 from featx.backbones import load_backbone
 from featx.cli import main
-from featx.errors import FeatxError
+from featx.core.errors import FeatxError
 
 TINY = "timm:test_efficientnet"  # timm's 0.36 M-parameter EfficientNet, random weights saved by the test
 
@@ -86,10 +89,10 @@ def test_lp_ft_classifier_starts_from_the_logistic_regression(tmp_path, data):
     for k, v in original.items():
         torch.testing.assert_close(sd[k], v, rtol=1e-6, atol=1e-9)
 
-    tr, _, _, _ = ft.make_splits(str(train), seed=0)
-    X, y = ft._frozen_features(tr, load_backbone(TINY, weights=weights, image_size=32), tmp_path / "cache", {})
+    tr, _, _, _ = make_splits(str(train), seed=0)
+    X, y = frozen_features(tr, load_backbone(TINY, weights=weights, image_size=32), tmp_path / "cache", {})
     lr = make_head("logreg")._build(C=r.metrics["linear_probe"]["C"]).fit(X, y)
-    W, b = ft.linear_probe_weights(lr, 2)
+    W, b = linear_probe_weights(lr, 2)
     np.testing.assert_allclose(sd["classifier.weight"].numpy(), W, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(sd["classifier.bias"].numpy(), b, rtol=1e-5, atol=1e-6)
 
@@ -105,7 +108,7 @@ def test_linear_probe_weights_reproduce_the_pipeline_exactly(n_classes, n_rows):
     y = np.arange(n_rows) % n_classes
     X = rng.normal(size=(n_rows, 64)) * rng.uniform(0.1, 5, 64) + rng.normal(size=64) + y[:, None] * 0.3
     model = make_head("logreg")._build(C=0.1).fit(X, y)
-    W, b = ft.linear_probe_weights(model, n_classes)
+    W, b = linear_probe_weights(model, n_classes)
     Xt = rng.normal(size=(50, 64)) * 2
     np.testing.assert_allclose(softmax(Xt @ W.T + b, axis=1), model.predict_proba(Xt), atol=1e-9)
 
@@ -174,10 +177,10 @@ def test_a_kill_between_the_checkpoint_and_model_pt_is_mended_on_resume(tmp_path
           "weights": weights, "cache_dir": tmp_path / "cache", "workers": 0}
     whole = ft.finetune(train, TINY, tmp_path / "whole", **kw)
 
-    def killed(*args):  # epoch 1 (always the best so far) is checkpointed, then the run dies
+    def killed(*args, **kwargs):  # epoch 1 (always the best so far) is checkpointed, then the run dies
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(ft, "_save_model", killed)
+    monkeypatch.setattr(ft_state, "save_model", killed)
     with pytest.raises(KeyboardInterrupt):
         ft.finetune(train, TINY, tmp_path / "run", **kw)
     monkeypatch.undo()
@@ -191,8 +194,11 @@ def test_a_kill_between_the_checkpoint_and_model_pt_is_mended_on_resume(tmp_path
 
 
 def test_a_fine_tuned_network_is_a_backbone_for_extract_heads_and_predict(tmp_path, data):
-    from featx import models, store
-    from featx.extract import extract
+    from featx import store
+    from featx.heads.bundle import load as load_model
+    from featx.heads.fitting import train as train_head
+    from featx.heads.predict import predict
+    from featx.extraction import extract
 
     train, test, weights = data
     r = ft.finetune(train, TINY, tmp_path / "run", test=test, settings=ft.Settings(strategy="full", **SETTINGS),
@@ -204,21 +210,21 @@ def test_a_fine_tuned_network_is_a_backbone_for_extract_heads_and_predict(tmp_pa
     X0 = store.load(extract(str(test), TINY, tmp_path / "cache", weights=str(weights), image_size=32, workers=0).path)[0]
     assert X.shape == X0.shape and not np.allclose(X, X0)  # the fine-tuned network's features, not the original's
 
-    b = models.train(extract(str(train), TINY, tmp_path / "cache", weights=str(r.model), image_size=32,
+    b = train_head(extract(str(train), TINY, tmp_path / "cache", weights=str(r.model), image_size=32,
                              workers=0).path, "logreg")
-    assert b["backbone"]["weights_sha256"] == digest
+    assert b.backbone["weights_sha256"] == digest
 
     out = tmp_path / "pred.csv"
     assert main(["predict", "--model", str(r.model), "--data", str(test), "--out", str(out),
                  "--cache", str(tmp_path / "cache"), "--workers", "0"]) == 0
-    pred = models.predict(models.load(r.model), str(test), tmp_path / "cache", workers=0)
+    pred = predict(load_model(r.model), str(test), tmp_path / "cache", workers=0)
     assert len(pred.keys) == 8 and abs(pred.accuracy - r.test["test_accuracy"]) <= 1 / 8
 
     side = r.model.with_name("model.pt.json")
     facts = json.loads(side.read_text())
     side.write_text(json.dumps({**facts, "sha256": "0" * 64}))
     with pytest.raises(FeatxError, match="SHA-256 does not match"):
-        models.load(r.model)
+        load_model(r.model)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

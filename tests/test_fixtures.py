@@ -11,10 +11,14 @@ import pytest
 import torch
 from fixtures.write_fixtures import write_images
 
-from featx import finetune as ft
-from featx import models, store
+from featx.training import network as ft_network
+from featx.training import state as ft_state
+from featx.training.settings import Settings
+from featx import store
+from featx.heads.bundle import SKOPS_TRUSTED, load as load_model
+from featx.heads.predict import predict
 from featx.backbones import load_backbone
-from featx.extract import extract
+from featx.extraction import extract
 
 V1 = Path(__file__).resolve().parent / "fixtures" / "v1"
 EXPECTED = json.loads((V1 / "expected.json").read_text())
@@ -39,9 +43,9 @@ def test_the_store_verifies_loads_and_holds_the_features_featx_computes_today(im
 @pytest.mark.parametrize("name", BUNDLES)
 def test_each_model_bundle_loads_and_predicts_as_when_it_was_written(name):
     X, *_ = store.load(V1 / "store" / EXPECTED["store"])
-    bundle = models.load(V1 / "models" / name)
-    assert bundle["classes"] == ["ants", "bees"] and bundle["head"] == name.split(".")[0]
-    np.testing.assert_allclose(bundle["model"].predict_proba(X), EXPECTED["bundles"][name], atol=1e-6)
+    bundle = load_model(V1 / "models" / name)
+    assert bundle.classes == ["ants", "bees"] and bundle.head == name.split(".")[0]
+    np.testing.assert_allclose(bundle.model.predict_proba(X), EXPECTED["bundles"][name], atol=1e-6)
 
 
 @pytest.mark.parametrize("name", [n for n in BUNDLES if n.endswith(".skops")])
@@ -49,14 +53,14 @@ def test_skops_bundles_name_the_class_paths_they_were_written_with(name):
     import skops.io
 
     names = set(skops.io.get_untrusted_types(file=V1 / "models" / name))
-    assert names and names <= models.SKOPS_TRUSTED
+    assert names and names <= SKOPS_TRUSTED
     assert any(n.startswith("featx.heads.") for n in names)
 
 
 def test_the_fine_tuned_model_predicts_as_when_it_was_written(images, tmp_path):
-    bundle = models.load(V1 / "finetune" / "model.pt")
-    assert bundle["classes"] == ["ants", "bees"]
-    got = models.predict(bundle, str(images), tmp_path, device="cpu", workers=0)
+    bundle = load_model(V1 / "finetune" / "model.pt")
+    assert bundle.classes == ["ants", "bees"]
+    got = predict(bundle, str(images), tmp_path, device="cpu", workers=0)
     assert list(got.keys) == EXPECTED["finetune"]["keys"]
     np.testing.assert_allclose(got.proba, EXPECTED["finetune"]["proba"], atol=1e-4)
 
@@ -69,20 +73,22 @@ def test_the_fine_tuned_model_loads_as_backbone_weights():
 
 def test_the_metrics_of_the_finished_run_read_back():
     metrics = json.loads((V1 / "finetune" / "metrics.json").read_text())
-    result = ft._result(V1 / "finetune", metrics)
+    result = ft_state.FinetuneResult.from_metrics(V1 / "finetune", metrics)
     assert (result.method, result.epochs_run, result.n_train) == ("head", 2, metrics["n_train"])
     assert result.test is None and 0 <= result.val_accuracy <= 1
 
 
 def test_the_checkpoint_of_an_interrupted_run_resumes_into_todays_network_and_optimizer():
-    state = ft.load_checkpoint(V1 / "finetune" / "last.pt")
-    assert (state["format"], state["epoch"], state["best_epoch"]) == (ft.FORMAT, 1, 1)
-    settings = ft.Settings(strategy="head", epochs=2, batch_size=4, image_size=32, patience=5).check()
+    saved = ft_state.load_checkpoint(V1 / "finetune" / "last.pt")
+    assert (saved["format"], saved["run"]) == (ft_state.FORMAT, json.loads((V1 / "finetune" / "metrics.json").read_text())["run"])
+    state = ft_state.TrainState.from_checkpoint(saved)
+    assert (state.epoch, state.best_epoch, [h["epoch"] for h in state.history]) == (1, 1, [1])
+    assert state.checkpoint(saved["run"], saved["model"], saved["optimizer"], saved["scaler"]).keys() == saved.keys()
+    settings = Settings(strategy="head", epochs=2, batch_size=4, image_size=32, patience=5).check()
     bb = load_backbone("timm:test_efficientnet", weights=V1 / "finetune" / "model.pt")
-    net = ft._network(bb, 2)
-    groups, _ = ft._trainable(net, bb.classifier, settings)
-    optimizer = ft._optimizer(groups, settings)
-    net.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    assert [h["epoch"] for h in state["history"]] == [1]
-    assert torch.equal(net.get_submodule(bb.classifier).weight, state["model"][f"{bb.classifier}.weight"])
+    net = ft_network.network(bb, 2)
+    groups, _ = ft_network.trainable(net, bb.classifier, settings)
+    optimizer = ft_network.optimizer(groups, settings)
+    net.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    assert torch.equal(net.get_submodule(bb.classifier).weight, saved["model"][f"{bb.classifier}.weight"])

@@ -5,9 +5,10 @@ import numpy as np
 import torch
 from imagegen import make_folder
 
-from featx import frozen, store
-from featx.extract import extract
-from featx.frozen import frozen_embed, use_frozen
+from featx import store
+from featx.extraction import frozen
+from featx.extraction import extract
+from featx.extraction.frozen import frozen_embed, use_frozen
 
 
 def test_only_large_bf16_jobs_on_the_cpu_use_it():

@@ -11,9 +11,9 @@ from imagegen import jpeg_bytes, make_folder, photo
 from PIL import Image
 
 from featx import store
-from featx.errors import FeatxError
-from featx.extract import extract
-from featx.gpu_decode import gpu_ready
+from featx.core.errors import FeatxError
+from featx.extraction import extract
+from featx.extraction.gpu_decode import gpu_ready
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -76,8 +76,8 @@ def test_gpu_decoding_gives_the_cpu_features_within_precision(tmp_path, lite0):
 
 @cuda
 def test_heads_on_cuda_agree_with_the_cpu():
-    from featx.knn import CosineKNN
-    from featx.logreg import TorchLogisticRegression
+    from featx.heads.knn import CosineKNN
+    from featx.heads.logreg import TorchLogisticRegression
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 5, 2000)

@@ -12,7 +12,7 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import parametrize_with_checks
 
-from featx.errors import FeatxError
+from featx.core.errors import FeatxError
 from featx.heads import C_GRID, HEADS, LogRegHead, _RowSpan, make_head
 
 
@@ -103,7 +103,7 @@ def test_a_sweep_in_parts_gives_the_same_choice_on_loky_and_on_a_dask_cluster():
     from sklearn.datasets import make_classification
 
     from featx.heads import make_head
-    from featx.sweeps import sweep_backend
+    from featx.heads.sweeps import sweep_backend
 
     X, y = make_classification(600, 40, n_informative=12, n_classes=3, random_state=0)
     X_test, y_test = X[450:], y[450:]
@@ -122,8 +122,8 @@ def test_a_sweep_in_parts_gives_the_same_choice_on_loky_and_on_a_dask_cluster():
 def test_an_unknown_or_missing_sweep_backend_is_one_clear_error(monkeypatch):
     import builtins
 
-    from featx.errors import FeatxError
-    from featx.sweeps import sweep_backend
+    from featx.core.errors import FeatxError
+    from featx.heads.sweeps import sweep_backend
 
     with pytest.raises(FeatxError, match="sweep backend 'spark': choose loky, dask, ray"), sweep_backend("spark"):
         pass

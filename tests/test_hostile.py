@@ -15,8 +15,8 @@ from hostile import PWNED, make_corpus, outcomes
 from imagegen import jpeg_bytes, make_folder, photo
 
 from featx import store
-from featx.errors import SourceError
-from featx.extract import extract
+from featx.core.errors import SourceError
+from featx.extraction import extract
 from featx.store import Journal
 
 ROOT = Path(__file__).resolve().parents[1]

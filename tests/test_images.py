@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx.images import ImageDecodeError, decode_rgb
+from featx.data.images import ImageDecodeError, decode_rgb
 
 from imagegen import jpeg_bytes, photo
 
@@ -84,7 +84,7 @@ def test_undecodable_bytes_raise_one_line_reason(data, reason):
 
 
 def test_large_jpegs_decode_at_reduced_size_that_still_covers_the_resize():
-    from featx.preprocess import Preprocessing
+    from featx.data.preprocess import Preprocessing
 
     big = jpeg_bytes(photo(7, size=(1600, 1200)))
     full, reduced = decode_rgb(big), decode_rgb(big, min_side=256)

@@ -13,8 +13,8 @@ from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import Normalizer
 
 from featx.heads import C_GRID, make_head
-from featx.knn import CosineKNN
-from featx.logreg import TorchLogisticRegression
+from featx.heads.knn import CosineKNN
+from featx.heads.logreg import TorchLogisticRegression
 
 
 def blobs(n=600, d=40, k=4, seed=0, spread=2.0):

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 from imagegen import make_folder
 
-from featx import models
+from featx.heads.bundle import ModelError, load as load_model, save as save_model
+from featx.heads.fitting import train as train_head
+from featx.heads.predict import predict
 from featx.cli import main
-from featx.extract import extract
+from featx.extraction import extract
 from featx.store import load
 
 
@@ -27,18 +29,18 @@ def trained(tmp_path_factory, lite0_small):
         im = Image.open(path).point(lambda v: min(255, v + 120))
         im.save(path, quality=95)
     result = extract(str(folder), lite0_small, tmp / "cache", workers=0)
-    bundle = models.train(result.path, "logreg")
-    path = models.save(bundle, tmp / "out" / "m.joblib")
+    bundle = train_head(result.path, "logreg")
+    path = save_model(bundle, tmp / "out" / "m.joblib")
     return tmp, folder, result.path, path
 
 
 def test_bundle_records_what_prediction_needs(trained):
     path = trained[3]
-    b = models.load(path)
-    assert b["classes"] == ["cats", "dogs"] and b["head"] == "logreg"
-    assert b["backbone"]["name"] == "efficientnet_lite0" and len(b["backbone"]["weights_sha256"]) == 64
-    assert b["backbone"]["preprocessing"]["image_size"] == 64
-    assert b["metrics"]["val_accuracy"] is not None and b["metrics"]["n_train"] == 24
+    b = load_model(path)
+    assert b.classes == ["cats", "dogs"] and b.head == "logreg"
+    assert b.backbone["name"] == "efficientnet_lite0" and len(b.backbone["weights_sha256"]) == 64
+    assert b.backbone["preprocessing"]["image_size"] == 64
+    assert b.metrics["val_accuracy"] is not None and b.metrics["n_train"] == 24
     side = json.loads(path.with_name(path.name + ".json").read_text())
     assert side["classes"] == ["cats", "dogs"] and len(side["sha256"]) == 64
 
@@ -50,27 +52,27 @@ def test_a_tampered_model_file_is_refused(trained, tmp_path):
     data[len(data) // 2] ^= 0x01
     copy.write_bytes(bytes(data))
     (tmp_path / "m.joblib.json").write_bytes(path.with_name(path.name + ".json").read_bytes())
-    with pytest.raises(models.ModelError, match="SHA-256 does not match"):
-        models.load(copy)
+    with pytest.raises(ModelError, match="SHA-256 does not match"):
+        load_model(copy)
 
 
 def test_a_model_without_its_sidecar_is_refused(trained, tmp_path):
     _, _, _, path = trained
     lone = tmp_path / "lone.joblib"
     lone.write_bytes(path.read_bytes())
-    with pytest.raises(models.ModelError, match="no valid sidecar"):
-        models.load(lone)
+    with pytest.raises(ModelError, match="no valid sidecar"):
+        load_model(lone)
 
 
 def test_predict_end_to_end_matches_the_head_on_stored_features(trained):
     tmp, folder, store_path, path = trained
-    b = models.load(path)
-    result = models.predict(b, str(folder), tmp / "cache", workers=0)
+    b = load_model(path)
+    result = predict(b, str(folder), tmp / "cache", workers=0)
     assert result.store == store_path  # the embedding store is reused
     X, y, keys, classes = load(store_path)
     assert list(result.keys) == list(keys)
-    assert result.labels == [classes[k] for k in b["model"].predict(X)]
-    assert result.accuracy == pytest.approx(np.mean(b["model"].predict(X) == y))
+    assert result.labels == [classes[k] for k in b.model.predict(X)]
+    assert result.accuracy == pytest.approx(np.mean(b.model.predict(X) == y))
 
 
 def test_train_and_predict_commands(trained, tmp_path, capsys):
@@ -111,13 +113,13 @@ def test_predict_refuses_a_tampered_model_in_one_line(trained, tmp_path, capsys)
 
 def test_a_skops_bundle_loads_without_its_sidecar_and_predicts_the_same(trained, tmp_path):
     _, _, store_path, path = trained
-    b = models.load(path)
-    shared = models.save(b, tmp_path / "m.skops")
+    b = load_model(path)
+    shared = save_model(b, tmp_path / "m.skops")
     shared.with_name("m.skops.json").unlink()  # a file received from someone else
-    again = models.load(shared)
+    again = load_model(shared)
     X = load(store_path)[0]
-    np.testing.assert_array_equal(again["model"].predict_proba(X), b["model"].predict_proba(X))
-    assert again["classes"] == b["classes"] and again["backbone"] == b["backbone"]
+    np.testing.assert_array_equal(again.model.predict_proba(X), b.model.predict_proba(X))
+    assert again.classes == b.classes and again.backbone == b.backbone
 
 
 class Planted:  # a type no featx model holds
@@ -128,17 +130,17 @@ class Planted:  # a type no featx model holds
 def test_a_skops_file_holding_other_types_or_altered_is_refused(trained, tmp_path):
     import skops.io
 
-    b = models.load(trained[3])
+    b = load_model(trained[3])
     planted = tmp_path / "planted.skops"
-    planted.write_bytes(skops.io.dumps({**b, "model": Planted()}))
-    with pytest.raises(models.ModelError, match=r"holds types featx does not build from a file \(.*Planted"):
-        models.load(planted)
-    path = models.save(b, tmp_path / "m.skops")
+    planted.write_bytes(skops.io.dumps({**b.to_dict(), "model": Planted()}))
+    with pytest.raises(ModelError, match=r"holds types featx does not build from a file \(.*Planted"):
+        load_model(planted)
+    path = save_model(b, tmp_path / "m.skops")
     data = bytearray(path.read_bytes())
     data[-30] ^= 1
     path.write_bytes(bytes(data))
-    with pytest.raises(models.ModelError, match="SHA-256 does not match"):
-        models.load(path)
+    with pytest.raises(ModelError, match="SHA-256 does not match"):
+        load_model(path)
     path.with_name("m.skops.json").unlink()
-    with pytest.raises(models.ModelError, match="not a readable skops file"):
-        models.load(path)
+    with pytest.raises(ModelError, match="not a readable skops file"):
+        load_model(path)

@@ -2,16 +2,19 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import jsonschema
 import pytest
 from imagegen import make_folder
 
-from featx import pipeline, store
+from featx import store
+from featx.bench import pipeline
+from featx.bench.run import run as run_pipeline
 from featx.cli import main
-from featx.errors import FeatxError
+from featx.core.errors import FeatxError
 from featx.heads import validation_split
-from featx.report import SCHEMA, summary
+from featx.bench.report import SCHEMA, summary
 
 GOOD = """\
 name: tiny
@@ -86,7 +89,7 @@ def test_run_writes_the_report_and_a_head_only_change_does_no_extraction(tmp_pat
     train, test = folders
     cache = tmp_path / "cache"
     p = pipeline.load(_write(tmp_path, GOOD.format(train=train, test=test, heads="logreg, knn")))
-    report = pipeline.run(p, tmp_path / "out", cache)
+    report = run_pipeline(p, tmp_path / "out", cache)
     for name in ("report.json", "report.md", "report.html", "confusion.png", "efficiency.png"):
         assert (tmp_path / "out" / name).stat().st_size > 0
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
@@ -110,7 +113,7 @@ def test_run_writes_the_report_and_a_head_only_change_does_no_extraction(tmp_pat
         "pixels__knn.joblib", "pixels__logreg.joblib"]
 
     p2 = pipeline.load(_write(tmp_path, GOOD.format(train=train, test=test, heads="nearest_centroid"), "p2.yaml"))
-    again = pipeline.run(p2, tmp_path / "out2", cache)
+    again = run_pipeline(p2, tmp_path / "out2", cache)
     assert all(e["embedded_this_run"] == 0 for e in again["extraction"])
     assert again["extraction"][0]["images_per_second"] == report["extraction"][0]["images_per_second"]
     assert [r["method"] for r in again["results"]] == ["nearest_centroid"] * 2
@@ -120,14 +123,14 @@ def test_without_a_test_source_a_stratified_share_of_train_is_held_out(tmp_path,
     train, _ = folders
     text = (f"name: held\ndata: {{train: {train}, test_fraction: 0.25}}\nbackbones: [pixels]\n"
             "heads: [nearest_centroid]\nextract: {workers: 0}\n")
-    report = pipeline.run(pipeline.load(_write(tmp_path, text)), tmp_path / "out", tmp_path / "cache")
+    report = run_pipeline(pipeline.load(_write(tmp_path, text)), tmp_path / "out", tmp_path / "cache")
     assert report["data"]["n_test"] == 3 and report["data"]["n_train"] == 9  # 25 % of 12
     assert sum(map(sum, report["best"]["confusion_matrix"])) == 3
     assert {sum(row) for row in report["best"]["confusion_matrix"]} == {1, 2}  # stratified: both classes
 
 
 def test_per_class_subset_is_seeded_and_per_class(tmp_path):
-    from featx.sources import SubsetSource, open_source
+    from featx.data.sources import SubsetSource, open_source
 
     folder = make_folder(tmp_path / "f", {"a": 7, "b": 5})
     base = open_source(str(folder))
@@ -141,30 +144,30 @@ def test_per_class_subset_is_seeded_and_per_class(tmp_path):
 def test_hymenoptera_pipeline_logreg_reaches_94_percent_and_predict_agrees(hymenoptera, tmp_path):
     from pathlib import Path
 
-    from featx import models
+    from featx.heads.bundle import load as load_model
+    from featx.heads.predict import predict
 
     p = pipeline.load(Path(__file__).resolve().parents[1] / "pipelines" / "hymenoptera.yaml")
     assert p.test.endswith("hymenoptera.tar:hymenoptera/val") and p.val is None  # C is chosen inside train
     p.train, p.test = f"{hymenoptera}:hymenoptera/train", f"{hymenoptera}:hymenoptera/val"
     p.backbones, p.heads, p.efficiency_heads = ["efficientnet_lite0"], ["logreg"], []
     p.finetune = p.scratch = None  # the trained networks: see the slow test below
-    report = pipeline.run(p, tmp_path / "out", tmp_path / "cache")
+    report = run_pipeline(p, tmp_path / "out", tmp_path / "cache")
     row = report["results"][0]
     assert row["test_accuracy"] >= 0.94 and row["n_train"] == 244
     assert report["data"]["n_test"] == 153
     assert row["val_accuracy"] is not None  # chosen on a split of train, not on val
-    b = models.load(tmp_path / "out" / row["model"])
-    pred = models.predict(b, p.test, tmp_path / "cache")
+    b = load_model(tmp_path / "out" / row["model"])
+    pred = predict(b, p.test, tmp_path / "cache")
     assert pred.accuracy == row["test_accuracy"]
 
 
-def test_finetune_and_scratch_stages_join_the_heads_in_one_report(tmp_path, folders, lite0_small):
+def test_finetune_and_scratch_stages_join_the_heads_in_one_report(tmp_path, folders, lite0_small, caplog):
     train, test = folders
     text = GOOD.format(train=train, test=test, heads="logreg") + (
         "finetune: {strategies: [lp_ft, head], epochs: 2, batch_size: 4, shots: [2]}\nscratch: {epochs: 1}\n")
-    logs = []
     p = pipeline.load(_write(tmp_path, text))
-    report = pipeline.run(p, tmp_path / "out", tmp_path / "cache", log=logs.append)
+    report = run_pipeline(p, tmp_path / "out", tmp_path / "cache")
     jsonschema.validate(json.loads((tmp_path / "out" / "report.json").read_text()), SCHEMA)
     nets = [r for r in report["results"] if r["method"] in ("finetune", "scratch")]
     _, y, keys, _ = store.load(report["extraction"][0]["stores"]["train"])
@@ -189,9 +192,10 @@ def test_finetune_and_scratch_stages_join_the_heads_in_one_report(tmp_path, fold
     md = (tmp_path / "out" / "report.md").read_text()
     assert "## Trained networks" in md and "finetune (lp_ft)" in md
 
-    logs.clear()
-    again = pipeline.run(p, tmp_path / "out", tmp_path / "cache", log=logs.append)
-    assert sum("already done" in m for m in logs) == 6  # 3 runs on all images, 3 at 2 per class: none retrained
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="featx"):
+        again = run_pipeline(p, tmp_path / "out", tmp_path / "cache")
+    assert sum("already done" in m for m in caplog.messages) == 6  # 3 runs on all images, 3 at 2 per class: none retrained
     assert [r["test_accuracy"] for r in again["results"]] == [r["test_accuracy"] for r in report["results"]]
 
 
@@ -203,7 +207,7 @@ def test_hymenoptera_lp_ft_reaches_94_percent_and_scratch_stays_far_below(hymeno
     p = pipeline.load(Path(__file__).resolve().parents[1] / "pipelines" / "hymenoptera.yaml")
     p.train, p.test = f"{hymenoptera}:hymenoptera/train", f"{hymenoptera}:hymenoptera/val"
     p.backbones, p.heads, p.efficiency_heads = ["efficientnet_lite0"], ["logreg"], []
-    report = pipeline.run(p, tmp_path / "out", tmp_path / "cache")
+    report = run_pipeline(p, tmp_path / "out", tmp_path / "cache")
     rows = {(r["method"], r.get("strategy")): r for r in report["results"]}
     ft, scratch = rows[("finetune", "lp_ft")], rows[("scratch", None)]
     assert ft["epochs_run"] <= 10 and scratch["epochs_run"] <= 10 and ft["image_size"] == 224
@@ -222,7 +226,7 @@ def test_finetune_stage_errors_are_one_line(tmp_path):
     p = pipeline.load(_write(tmp_path, text))
     assert p.finetune["lr"] == 0.001  # YAML reads 1e-3 (no dot) as a string; the schema takes it as a number
     with pytest.raises(FeatxError, match=r"too few images per class to hold out a validation split for fine-tuning"):
-        pipeline.run(p, tmp_path / "out", tmp_path / "cache")
+        run_pipeline(p, tmp_path / "out", tmp_path / "cache")
     bad = text.replace("lr: 1e-3", "lr: fast")
     with pytest.raises(pipeline.PipelineError, match="finetune.lr must be a number, got 'fast'"):
         pipeline.load(_write(tmp_path, bad, "bad.yaml"))

@@ -9,10 +9,10 @@ PACKAGE = Path(__file__).resolve().parents[1] / "featx"
 
 
 def _calls():
-    for path in sorted(PACKAGE.glob("*.py")):
+    for path in sorted(PACKAGE.rglob("*.py")):
         for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
             if isinstance(node, ast.Call):
-                yield f"{path.name}:{node.lineno}", ast.unparse(node.func), node
+                yield f"{path.relative_to(PACKAGE).as_posix()}:{node.lineno}", ast.unparse(node.func), node
 
 
 def test_every_torch_load_reads_weights_only():
@@ -34,5 +34,5 @@ def test_no_unsafe_yaml_pickle_or_shell():
 
 def test_joblib_loads_only_bytes_whose_digest_was_checked():
     loads = [(where, node) for where, name, node in _calls() if name == "joblib.load"]
-    assert [w.split(":")[0] for w, _ in loads] == ["models.py"]
+    assert [w.split(":")[0] for w, _ in loads] == ["heads/bundle.py"]
     assert all(ast.unparse(node.args[0]) == "io.BytesIO(data)" for _, node in loads)

@@ -4,8 +4,8 @@ import tarfile
 
 import pytest
 
-from featx.errors import SourceError
-from featx.sources import CsvSource, ImageFolderSource, TarSource, open_source
+from featx.core.errors import SourceError
+from featx.data.sources import CsvSource, ImageFolderSource, TarSource, open_source
 
 from imagegen import jpeg_bytes, make_folder, photo
 

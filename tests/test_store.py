@@ -5,7 +5,8 @@ import h5py
 import numpy as np
 
 from featx import store
-from featx.store import Journal, Rows, Stacked, Taken, read_rows, write_store
+from featx.store import hdf5
+from featx.store import Journal, Rows, Stacked, Taken, read, write_store
 
 
 def rows(n, start=0, dim=5, seed=0):
@@ -15,10 +16,10 @@ def rows(n, start=0, dim=5, seed=0):
 
 
 def test_lazy_parts_take_the_same_rows_as_arrays(tmp_path, monkeypatch):
-    monkeypatch.setattr(store, "WRITE_BLOCK", 7)  # many blocks, some rows far apart
+    monkeypatch.setattr(hdf5, "WRITE_BLOCK", 7)  # many blocks, some rows far apart
     a, b, c = rows(30, 0, seed=1), rows(20, 30, seed=2), rows(25, 50, seed=3)
     write_store(tmp_path / "old.h5", a, np.zeros(30, int), ["x"], {}, "")
-    old = read_rows(tmp_path / "old.h5", lazy=True)[0]
+    old = read(tmp_path / "old.h5", lazy=True).rows
     journal = Journal(tmp_path / "new.h5")
     lazy_b, lazy_c = journal.commit(b), journal.commit(c)
     assert not isinstance(lazy_b.features["embedding"], np.ndarray)  # left on disk
@@ -38,7 +39,7 @@ def test_a_store_written_in_blocks_equals_one_written_at_once(tmp_path, monkeypa
     sel = np.arange(73)[::-1].copy()
     eager = Rows.concat(parts, ["embedding"], {"embedding": 5})
     labels = np.zeros(73, int)
-    monkeypatch.setattr(store, "WRITE_BLOCK", 16)
+    monkeypatch.setattr(hdf5, "WRITE_BLOCK", 16)
     write_store(tmp_path / "blocks.h5", Rows(lazy.keys[sel], lazy.stamps[sel], lazy.sha256[sel],
                                             {"embedding": Taken(lazy.features["embedding"], sel)}),
                 labels, ["x"], {}, "m")
@@ -96,4 +97,4 @@ def test_stores_of_the_first_format_still_read_and_verify(tmp_path):
         f.attrs["format"] = 1
         del f.attrs["sha256"]
         del f["keys"].attrs["sha256"]
-    assert store.verify(path) == [] and len(read_rows(path)[0]) == 5
+    assert store.verify(path) == [] and len(read(path).rows) == 5

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from featx import textures
-from featx.textures import CLASSES, generate
+from featx.data import textures
+from featx.data.textures import CLASSES, generate
 
 SMALL = {"train_per_class": 3, "test_per_class": 2, "size": 32}
 

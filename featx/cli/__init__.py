@@ -1,0 +1,70 @@
+"""The ``featx`` command line: the only part of featx that parses arguments and prints.
+
+:mod:`.parser` declares the arguments (and imports nothing heavy, so help, version and
+argument errors answer at once), :mod:`.commands` runs each command, :mod:`.display`
+shows the library's log records and progress.
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import sys
+
+from ..core.errors import FeatxError
+from .parser import parser
+
+UNDER_TORCHRUN = ("extract", "run", "finetune")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from ..core import distributed
+    from . import commands
+
+    command = getattr(commands, f"cmd_{args.command}")
+    try:
+        if not distributed.launched():
+            with _speaking(True):
+                return command(args)
+        if args.command not in UNDER_TORCHRUN:
+            raise FeatxError(f"{args.command}: not a command that runs under torchrun "
+                             f"({', '.join(UNDER_TORCHRUN[:-1])} and {UNDER_TORCHRUN[-1]} do)")
+        # under torchrun: every process runs the command, the first one speaks for all
+        try:
+            w = distributed.init_from_env(getattr(args, "device", "auto"))
+            with contextlib.ExitStack() as quiet:
+                if not w.is_main:
+                    quiet.enter_context(contextlib.redirect_stdout(io.StringIO()))
+                    quiet.enter_context(contextlib.redirect_stderr(io.StringIO()))
+                with _speaking(w.is_main):
+                    return command(args)
+        finally:
+            distributed.shutdown()
+    except FeatxError as exc:
+        print(f"featx: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("featx: interrupted; committed batches are kept and the next run resumes from them", file=sys.stderr)
+        return 130
+
+
+@contextlib.contextmanager
+def _speaking(speak: bool):
+    """The featx logger's records and the library's progress shown on stderr (or not)."""
+    from ..core import progress
+    from .display import shown
+
+    handler, display = shown(speak)
+    logger = logging.getLogger("featx")
+    level = logger.level
+    if handler is not None:
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+    try:
+        with progress.showing(display):
+            yield
+    finally:
+        if handler is not None:
+            logger.removeHandler(handler)
+            logger.setLevel(level)

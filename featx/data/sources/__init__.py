@@ -1,0 +1,39 @@
+"""Image sources: an ImageFolder directory, a tar archive read in place, a CSV manifest,
+the built-in sample, and parts of any of them (see :mod:`.base` for what a source is).
+"""
+from __future__ import annotations
+
+import os
+import re
+
+from ...core.errors import SourceError
+from .base import Item, Source
+from .folder import ImageFolderSource
+from .manifest import CsvSource
+from .subsets import KeysSource, SubsetSource
+from .tar import TAR_SPEC, TarSource
+
+__all__ = ["CsvSource", "ImageFolderSource", "Item", "KeysSource", "Source", "SubsetSource", "TarSource",
+           "open_source"]
+
+
+def open_source(spec: str | os.PathLike) -> Source:
+    """Open a data source from its command-line spelling.
+
+    ``sample`` (the built-in sample), a directory, ``archive.tar[:prefix]`` or ``file.csv``.
+    """
+    text = os.fspath(spec)
+    if text == "sample":
+        from .sample import SampleSource
+
+        return SampleSource()
+    m = TAR_SPEC.match(text)
+    if m:
+        return TarSource(m.group("path"), m.group("prefix") or "")
+    if re.search(r"\.(tar\.gz|tgz|tar\.bz2|tar\.xz|zip)(:|$)", text):
+        raise SourceError(f"{text}: compressed archives are not read in place; use an uncompressed .tar or a folder")
+    if text.lower().endswith(".csv"):
+        return CsvSource(text)
+    if os.path.isdir(text):
+        return ImageFolderSource(text)
+    raise SourceError(f"{text}: no such directory, tar archive or CSV manifest")

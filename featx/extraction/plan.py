@@ -1,0 +1,167 @@
+"""What one extraction will do, decided before anything runs: the source, the backbone
+and how it runs, the store it writes, and which images still need the network.
+
+Only images whose (key, stamp) is not already in the store or in the journal of an
+interrupted run are decoded and embedded. Batches are formed from that to-do list in
+source order and committed whole, so a resumed run forms the same batches as an
+uninterrupted one and produces the same features.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..backbones import Backbone, load_backbone
+from ..core import distributed
+from ..core.devices import resolve_device, resolve_precision
+from ..core.errors import FeatxError, SourceError
+from ..core.hashing import digest
+from ..core.names import DEFAULT_LAYER
+from ..data.preprocess import Preprocessing
+from ..data.sources import Item, Source, open_source
+from ..store import Rows, store_path_for
+from .frozen import use_frozen
+from .loader import default_batch_size, default_workers
+
+
+@dataclass
+class Plan:
+    source: Source
+    backbone: Backbone
+    preprocessing: Preprocessing  # the backbone's, with the chosen decoder
+    device: torch.device
+    precision: str  # fp32, bf16 or fp16
+    frozen: bool  # the CPU's frozen bfloat16 graph (see featx.extraction.frozen)
+    batch_size: int
+    workers: int  # decoding processes
+    on_error: str  # skip or fail
+    commit_rows: int  # images per journal commit...
+    commit_seconds: float  # ... or this long since the last one, whichever comes first
+    path: Path  # the store
+    manifest: str  # digest of the source listing
+
+    @property
+    def layers(self) -> list[str]:
+        return [DEFAULT_LAYER, *self.backbone.layers]
+
+    def wanted(self) -> dict:
+        """The provenance the store must have: what determines its features."""
+        return {"backbone": identity(self.backbone, self.preprocessing), "precision": self.precision,
+                "runtime": "torchscript-frozen" if self.frozen else "eager", "source": self.source.spec}
+
+
+def make_plan(data: str | os.PathLike | Source, backbone: str | Backbone, cache_dir: str | os.PathLike, *,
+              weights: str | None, layers: tuple[str, ...], image_size: int | None, batch_size: int | None,
+              precision: str, device: str, decode: str, workers: int | None, commit_rows: int,
+              commit_seconds: float, on_error: str) -> Plan:
+    """Check every setting and decide everything an extraction needs (see featx.extract)."""
+    source = data if isinstance(data, Source) else open_source(data)
+    if not source.items:
+        raise SourceError(f"{source.spec.split(':', 1)[1] or source.spec}: no images found "
+                          f"({len(source.problems)} other files)")
+    if isinstance(backbone, str):
+        backbone = load_backbone(backbone, weights=weights, layers=layers, image_size=image_size)
+    w = distributed.world()
+    dev = resolve_device(device)
+    if dev.type == "cuda" and w.size > 1:  # under torchrun: the GPU of this process's local rank
+        dev = torch.device("cuda", w.local_rank)
+    prec = resolve_precision(precision, dev)
+    if decode not in ("cpu", "gpu"):
+        raise FeatxError(f"--decode {decode}: choose cpu or gpu")
+    if decode == "gpu" and dev.type != "cuda":
+        raise FeatxError("--decode gpu: decoding on the GPU needs a CUDA device (use --decode cpu)")
+    if batch_size is None:
+        batch_size = default_batch_size(dev)
+    if batch_size < 1:
+        raise FeatxError(f"--batch-size {batch_size}: must be at least 1")
+    if on_error not in ("skip", "fail"):
+        raise FeatxError(f"--on-error {on_error}: choose skip or fail")
+    if on_error == "fail" and source.problems:
+        key, reason = source.problems[0]
+        raise SourceError(f"{source.where(key)}: {reason}")
+    pre = replace(backbone.preprocessing, decoder=decode)
+    frozen = use_frozen(dev, prec, len(source.items))
+    key = store_key(source, backbone, prec, pre, frozen)
+    return Plan(source, backbone, pre, dev, prec, frozen, batch_size,
+                default_workers(dev) if workers is None else workers, on_error, commit_rows, commit_seconds,
+                store_path_for(cache_dir, source.name, backbone.architecture, key), source_manifest(source))
+
+
+def identity(backbone: Backbone, pre: Preprocessing) -> dict:
+    """The backbone's identity with the preprocessing an extraction actually uses."""
+    return {**backbone.identity(), "preprocessing": pre.to_dict()}
+
+
+def store_key(source: Source, backbone: Backbone, precision: str, pre: Preprocessing | None = None,
+              frozen: bool = False) -> str:
+    ident = identity(backbone, pre or backbone.preprocessing)
+    ident.pop("name")  # the same network and weights under another name share a store
+    ident.pop("weights")
+    key = {"source": source.spec, "backbone": ident, "precision": precision}
+    if frozen:  # see featx.extraction.frozen: other kernels, features not bit-identical to eager ones
+        key["runtime"] = "frozen"
+    return digest(key)
+
+
+def source_manifest(source: Source) -> str:
+    return digest({
+        "source": source.spec,
+        "items": [(it.key, it.stamp, it.label) for it in source.items],
+        "classes": source.classes,
+        "problems": source.problems,
+    })
+
+
+def still_to_embed(source: Source, pool: Rows) -> list[Item]:
+    """The items still to embed, in source order.
+
+    An item is done when the pool holds its key with its current stamp, as a row or as a
+    file that failed to decode. When only the stamp differs (a touched file, a rewritten
+    tar), the file is hashed: if its bytes still match the row's SHA-256 the row is kept
+    and re-stamped in ``pool``.
+    """
+    keys, stamps = pool.keys.tolist(), pool.stamps.tolist()
+    done = set(zip(keys, stamps))
+    done |= {(k, s) for k, s in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist()) if s}
+    row_of = {k: i for i, k in enumerate(keys)}
+    todo, restamped = [], False
+    for it in source.items:
+        if (it.key, it.stamp) in done:
+            continue
+        i = row_of.get(it.key)
+        if i is not None:
+            try:
+                same = hashlib.sha256(source.read(it)).hexdigest() == pool.sha256[i]
+            except OSError:
+                same = False
+            if same:
+                stamps[i], restamped = it.stamp, True
+                continue
+        todo.append(it)
+    if restamped:
+        pool.stamps = np.array(stamps, dtype=str)
+    return todo
+
+
+def fail_on_known(source: Source, pool: Rows) -> None:
+    """For ``on_error="fail"``: stop on a current file that an earlier run skipped."""
+    current = {(it.key, it.stamp) for it in source.items}
+    keys = {it.key for it in source.items}
+    for k, st, reason in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist(), pool.skipped_reasons.tolist()):
+        if (k, st) in current or (not st and k in keys):
+            raise SourceError(f"{source.where(k)}: {reason}")
+
+
+def shard(todo: list[Item], batch_size: int, w: distributed.World) -> list[Item]:
+    """This process's share of ``todo``: every ``w.size``-th batch of it, starting at its
+    rank. The batches are those a single process would form, so each image is embedded
+    in the same company and gets the same features."""
+    if w.size == 1:
+        return todo
+    starts = range(w.rank * batch_size, len(todo), w.size * batch_size)
+    return [it for s in starts for it in todo[s:s + batch_size]]

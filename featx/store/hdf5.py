@@ -1,0 +1,297 @@
+"""The HDF5 store file: writing it whole and atomically, reading it back, checking it.
+
+A store is one HDF5 file, always written whole to a temporary name and renamed into
+place, so a reader never sees a half-written store (work in progress lives in the
+journal, :mod:`.journal`).
+
+Layout of a store::
+
+    keys, stamps, sha256, labels      one row per embedded image, in source order
+    classes                           class names; labels index into them (-1: none)
+    features/<name>                   float32 (rows, dim); "embedding" is the default
+    skipped/{keys,stamps,reasons}     files that were not embedded, and why
+    attrs: provenance (JSON), manifest (digest of the source listing), format, sha256
+
+Every dataset holds the SHA-256 of its bytes in its ``sha256`` attribute (format 2).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+from ..core.errors import StoreError
+from ..core.files import atomic_path
+from ..core.names import DEFAULT_LAYER
+from .rows import WRITE_BLOCK, Rows, take
+
+FORMAT = 2  # 2: a checksum on every dataset and on the attributes; 1: on the features only
+FORMATS = (1, 2)  # what this version reads
+
+
+# --- strings in HDF5: fixed-length UTF-8 bytes, converted without per-row Python ----------
+
+
+def _encode(strings) -> np.ndarray:
+    arr = np.asarray(list(strings), dtype=object)
+    if arr.size == 0:
+        return np.zeros(0, dtype="S1")
+    return np.char.encode(arr.astype(str), "utf-8", "surrogateescape")
+
+
+def _decode(arr: np.ndarray) -> np.ndarray:
+    if arr.size == 0:
+        return np.zeros(0, dtype=str)
+    try:
+        return arr.astype(str)  # a C-level cast when every key is ASCII, the common case
+    except UnicodeDecodeError:
+        return np.char.decode(arr, "utf-8", "surrogateescape")
+
+
+def printable(name: str) -> str:
+    """A file name for display: bytes that are not UTF-8 shown as ``\\xNN``."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class _StoreFeatures:
+    """A store's features, read from the file when their rows are needed."""
+
+    def __init__(self, path: Path, name: str, shape: tuple[int, int]):
+        self.path, self.name, self.shape = path, name, shape
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        if not len(rows):
+            return np.zeros((0, self.shape[1]), np.float32)
+        lo, hi = int(rows.min()), int(rows.max()) + 1
+        with h5py.File(self.path, "r") as f:
+            ds = f["features"][self.name]
+            if hi - lo <= 4 * len(rows) + WRITE_BLOCK:  # one contiguous read
+                return ds[lo:hi][rows - lo]
+            order = np.argsort(rows)
+            uniq, inverse = np.unique(rows[order], return_inverse=True)
+            out = np.empty((len(rows), self.shape[1]), np.float32)
+            out[order] = ds[uniq][inverse]
+            return out
+
+
+
+def write_store(path: Path, rows: Rows, labels: np.ndarray, classes: list[str], provenance: dict, manifest: str) -> None:
+    """Write a complete store atomically (temporary file, fsync, rename).
+
+    Every dataset records the SHA-256 of its bytes, and the file its attributes', so
+    :func:`verify` finds a truncated or bit-flipped store; HDF5's own metadata carries
+    checksums too (file format of HDF5 1.8 and later).
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        f = h5py.File(tmp, "w", libver="v108")
+        try:
+            _fill(f, rows, labels, classes, provenance, manifest)
+            f.close()
+        except BaseException:
+            # HDF5 flushes when the file closes; after a failed write (a full disk) that
+            # flush fails too and the library crashes the process at exit. Emptying the
+            # temporary file first gives the flush room, and it is deleted anyway.
+            os.truncate(tmp, 0)
+            f.close()
+            raise
+
+
+def _put(group, name: str, data: np.ndarray) -> None:
+    group[name] = data
+    group[name].attrs["sha256"] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
+
+
+def _attrs_digest(provenance: str, manifest: str) -> str:
+    return hashlib.sha256(json.dumps([provenance, manifest]).encode()).hexdigest()
+
+
+def _fill(f, rows: Rows, labels, classes, provenance: dict, manifest: str) -> None:
+    f.attrs["format"] = FORMAT
+    f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
+    f.attrs["manifest"] = manifest
+    f.attrs["sha256"] = _attrs_digest(f.attrs["provenance"], manifest)
+    _put(f, "keys", _encode(rows.keys))
+    _put(f, "stamps", _encode(rows.stamps))
+    _put(f, "sha256", _encode(rows.sha256))
+    _put(f, "labels", np.asarray(labels, dtype=np.int64))
+    _put(f, "classes", _encode(classes))
+    for name, x in rows.features.items():
+        # contiguous layout (no chunk padding), filled block by block
+        ds = f.create_dataset(f"features/{name}", shape=x.shape, dtype=np.float32)
+        h = hashlib.sha256()
+        for start in range(0, x.shape[0], WRITE_BLOCK):
+            block = np.ascontiguousarray(take(x, np.arange(start, min(start + WRITE_BLOCK, x.shape[0]))),
+                                         dtype=np.float32)
+            ds[start:start + len(block)] = block
+            h.update(block.tobytes())
+        ds.attrs["sha256"] = h.hexdigest()
+    _put(f, "skipped/keys", _encode(rows.skipped_keys))
+    _put(f, "skipped/stamps", _encode(rows.skipped_stamps))
+    _put(f, "skipped/reasons", _encode(rows.skipped_reasons))
+
+
+@contextmanager
+def _open(path: str | os.PathLike):
+    path = Path(path)
+    if not path.is_file():
+        raise StoreError(f"{path}: no such store")
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise StoreError(f"{path}: not a readable HDF5 store ({exc})") from None
+    try:
+        if f.attrs.get("format") not in FORMATS:
+            raise StoreError(f"{path}: not a featx store (format {f.attrs.get('format')!r})")
+        yield f
+    except KeyError as exc:
+        raise StoreError(f"{path}: store is missing {exc}") from None
+    finally:
+        f.close()
+
+
+@dataclass
+class StoreContents:
+    """Everything a store holds."""
+
+    rows: Rows  # keys, stamps, hashes and features of the embedded images; the skipped files
+    labels: np.ndarray  # int64, one per row, indexing ``classes`` (-1: unlabelled)
+    classes: list[str]
+    provenance: dict  # what wrote the features: backbone identity, precision, versions, ...
+    manifest: str  # digest of the source listing it was written from ("" when it must be rechecked)
+
+
+def read(path: str | os.PathLike, lazy: bool = False) -> StoreContents:
+    """Everything in a store. With ``lazy`` the features stay in the file until their
+    rows are taken."""
+    with _open(path) as f:
+        feats = {name: (_StoreFeatures(Path(path), name, f["features"][name].shape) if lazy
+                        else f["features"][name][()]) for name in f["features"]}
+        rows = Rows(
+            _decode(f["keys"][()]), _decode(f["stamps"][()]), _decode(f["sha256"][()]), feats,
+            _decode(f["skipped/keys"][()]), _decode(f["skipped/stamps"][()]), _decode(f["skipped/reasons"][()]),
+        )
+        return StoreContents(rows, f["labels"][()], _decode(f["classes"][()]).tolist(),
+                             json.loads(f.attrs["provenance"]), str(f.attrs["manifest"]))
+
+
+@dataclass
+class Features:
+    """One layer of a store's features, with what they describe. Unpacks (and indexes)
+    as the tuple ``X, y, keys, classes`` that earlier versions returned."""
+
+    X: np.ndarray  # float32 (rows, dim)
+    y: np.ndarray  # int64 labels indexing ``classes``; -1: unlabelled
+    keys: np.ndarray  # str: each row's image, as its source names it
+    classes: list[str]
+    provenance: dict
+    layer: str = DEFAULT_LAYER
+    path: Path | None = None
+
+    def __iter__(self):
+        return iter((self.X, self.y, self.keys, self.classes))
+
+    def __getitem__(self, i):
+        return (self.X, self.y, self.keys, self.classes)[i]
+
+
+def load(path: str | os.PathLike, layer: str = DEFAULT_LAYER) -> Features:
+    """A store's features of ``layer``: float32 ``X``, int64 ``y``, str ``keys``, and its
+    ``classes`` and ``provenance``."""
+    with _open(path) as f:
+        if layer not in f["features"]:
+            raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(f['features'])})")
+        return Features(f["features"][layer][()], f["labels"][()], _decode(f["keys"][()]),
+                        _decode(f["classes"][()]).tolist(), json.loads(f.attrs["provenance"]), layer, Path(path))
+
+
+def manifest(path: str | os.PathLike) -> str | None:
+    """The digest of the source listing a store was written from; None if unreadable."""
+    try:
+        with _open(path) as f:
+            return str(f.attrs["manifest"])
+    except StoreError:
+        return None
+
+
+def info(path: str | os.PathLike) -> dict:
+    """Provenance, sizes and the skipped files of a store, without loading features."""
+    with _open(path) as f:
+        return {
+            "path": str(path),
+            "rows": int(f["keys"].shape[0]),
+            "classes": _decode(f["classes"][()]).tolist(),
+            "features": {n: list(f["features"][n].shape) for n in f["features"]},
+            "skipped": [
+                {"key": printable(k), "reason": r}
+                for k, r in zip(_decode(f["skipped/keys"][()]).tolist(), _decode(f["skipped/reasons"][()]).tolist())
+            ],
+            "provenance": json.loads(f.attrs["provenance"]),
+            "bytes": Path(path).stat().st_size,
+        }
+
+
+def verify(path: str | os.PathLike) -> list[str]:
+    """Problems found in a store (an empty list means it is sound): every dataset against
+    its recorded checksum, the attributes against theirs, row counts and label range."""
+    problems = []
+    try:
+        with _open(path) as f:
+            strict = f.attrs["format"] >= 2
+            if strict and f.attrs.get("sha256") != _attrs_digest(f.attrs["provenance"], f.attrs["manifest"]):
+                problems.append("provenance or manifest does not match its recorded checksum")
+            n = f["keys"].shape[0]
+            for name in ("stamps", "sha256", "labels"):
+                if f[name].shape[0] != n:
+                    problems.append(f"{name} has {f[name].shape[0]} rows, keys has {n}")
+            names = ["keys", "stamps", "sha256", "labels", "classes", "skipped/keys", "skipped/stamps",
+                     "skipped/reasons"] if strict else []
+            for name in names:
+                recorded = f[name].attrs.get("sha256")
+                if recorded != hashlib.sha256(np.ascontiguousarray(f[name][()]).tobytes()).hexdigest():
+                    problems.append(f"{name} does not match its recorded checksum")
+            n_classes = f["classes"].shape[0]
+            labels = f["labels"][()]
+            if labels.size and (labels.min() < -1 or labels.max() >= n_classes):
+                problems.append("labels point outside the class list")
+            for name in f["features"]:
+                problems += _verify_features(f["features"][name], name, n)
+    except StoreError as exc:
+        problems.append(str(exc))
+    except (OSError, RuntimeError) as exc:  # damage that h5py finds only when reading data
+        problems.append(f"{path}: unreadable ({str(exc).splitlines()[0]})")
+    return problems
+
+
+def _verify_features(ds, name: str, n: int) -> list[str]:
+    """Checksum and finiteness of one features dataset, read block by block."""
+    problems = []
+    if ds.shape[0] != n:
+        problems.append(f"features/{name} has {ds.shape[0]} rows, keys has {n}")
+    h, finite = hashlib.sha256(), True
+    for start in range(0, ds.shape[0], WRITE_BLOCK):
+        block = np.ascontiguousarray(ds[start:start + WRITE_BLOCK])
+        h.update(block.tobytes())
+        finite = finite and bool(np.isfinite(block).all())
+    if h.hexdigest() != ds.attrs.get("sha256"):
+        problems.append(f"features/{name} does not match its recorded checksum")
+    if not finite:
+        problems.append(f"features/{name} holds NaN or infinite values")
+    return problems
+
+
+def check_provenance(path: str | os.PathLike, found: dict, wanted: dict) -> None:
+    """Refuse a store whose provenance ``found`` differs from ``wanted`` in any of the
+    keys ``wanted`` gives (backbone identity, precision, runtime, source)."""
+    differs = [k for k in wanted if found.get(k) != wanted[k]]
+    if differs:
+        raise StoreError(f"{path}: was written with other {', '.join(differs)} than requested "
+                         f"(it holds {json.dumps({k: found.get(k) for k in differs}, sort_keys=True)}); "
+                         f"refusing to use it: remove it with `featx cache rm {Path(path).name}`")
+

@@ -10,7 +10,7 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "featx"
 # bottom to top; a module may import its own layer and the layers before it
-LAYERS = ("core", "data", "backbones", "store", "extraction", "heads", "training", "bench", "cli", "featx")
+LAYERS = ("core", "data", "backbones", "store", "extraction", "heads", "training", "bench", "api", "cli", "featx")
 MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_POSITIONAL = 400, 60, 6
 
 
@@ -87,6 +87,15 @@ def test_the_checks_above_would_see_an_upward_import_and_a_cycle():
     assert LAYERS.index(layer("featx.heads.bundle")) > LAYERS.index(layer("featx.store.hdf5"))
 
 
+def _code_lines(node: ast.FunctionDef) -> int:
+    """A function's lines, its docstring not counted (documenting every parameter is not length)."""
+    lines = node.end_lineno - node.lineno + 1
+    first = node.body[0]
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+        lines -= first.end_lineno - first.lineno + 1
+    return lines
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
 def test_modules_functions_and_signatures_stay_small(module):
     path = MODULES[module]
@@ -94,6 +103,6 @@ def test_modules_functions_and_signatures_stay_small(module):
     assert len(path.read_text().splitlines()) <= MAX_MODULE_LINES
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            assert node.end_lineno - node.lineno + 1 <= MAX_FUNCTION_LINES, f"{node.name} is too long"
+            assert _code_lines(node) <= MAX_FUNCTION_LINES, f"{node.name} is too long"
             positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
             assert len(positional) <= MAX_POSITIONAL, f"{node.name}: make the later parameters keyword-only"

@@ -201,7 +201,7 @@ def test_builtin_accepts_a_timm_checkpoint_in_any_key_order(tmp_path):
 def test_size_and_layer_mistakes_are_clear():
     from featx.core.errors import FeatxError
 
-    with pytest.raises(FeatxError, match="--image-size 4: too small"):
+    with pytest.raises(FeatxError, match="image_size=4: too small"):
         load_backbone("efficientnet_lite0", image_size=4)
     bb = load_backbone("efficientnet_lite0", layers=["blocks.3", "blocks.3"], image_size=64)
     assert bb.layers == ("blocks.3",)

@@ -36,6 +36,7 @@ def test_extract_sample_prints_the_store_path_last(tmp_path):
 
 def test_cache_commands(tmp_path, capsys, lite0_small):
     from featx.extraction import extract
+    from featx.store import info
 
     from imagegen import make_folder
 
@@ -44,13 +45,23 @@ def test_cache_commands(tmp_path, capsys, lite0_small):
     cache = tmp_path / "cache"
     path = extract(tmp_path / "data", lite0_small, cache).path
 
+    other = extract(tmp_path / "data", "pixels", cache).path  # the same folder, another backbone and resolution
     assert main(["cache", "ls", "--cache", str(cache)]) == 0
-    assert path.name in capsys.readouterr().out
+    header, *rows = capsys.readouterr().out.splitlines()
+    assert header.split() == ["store", "source", "backbone", "px", "precision", "rows", "size", "created"]
+    shown = {r.split()[0]: r.split() for r in rows}
+    assert shown[path.name][1:6] == [f"dir:{(tmp_path / 'data').resolve()}", "efficientnet_lite0", "64",
+                                     info(path)["provenance"]["precision"], "4"]
+    assert shown[other.name][2:4] == ["pixels", "32"]
 
     assert main(["cache", "info", path.name[:10], "--cache", str(cache)]) == 0
+    text = capsys.readouterr().out
+    assert "rows           4 images in 2 classes (a, b)" in text and "a/bad.jpg: " in text
+    assert main(["cache", "info", path.name[:10], "--cache", str(cache), "--json"]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["rows"] == 4 and shown["skipped"][0]["key"] == "a/bad.jpg"
 
+    other.unlink()
     assert main(["cache", "verify", "--cache", str(cache)]) == 0
     assert capsys.readouterr().out.startswith("ok")
 
@@ -87,3 +98,4 @@ def test_hymenoptera_linear_probe_reaches_the_reference(hymenoptera, tmp_path):
     result = json.loads(out.stdout)
     assert (result["train_images"], result["val_images"], result["feature_dim"]) == (244, 153, 1280)
     assert result["val_accuracy"] >= 0.93
+

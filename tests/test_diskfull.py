@@ -124,4 +124,4 @@ def test_a_full_disk_during_journal_commits_and_the_store_write_loses_nothing(jo
     rc, out, err, _ = run_featx(args, root)
     assert rc == 0 and "0 embedded" in err, err
     store_equal(out.splitlines()[-1], reference)
-    assert json.loads(run_featx(["cache", "info", out.splitlines()[-1]], root)[1])["rows"] == 80
+    assert json.loads(run_featx(["cache", "info", out.splitlines()[-1], "--json"], root)[1])["rows"] == 80

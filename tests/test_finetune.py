@@ -228,9 +228,9 @@ def test_a_fine_tuned_network_is_a_backbone_for_extract_heads_and_predict(tmp_pa
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"strategy": "lp-ft"}, "strategy 'lp-ft': choose lp_ft, full, last_k, head"),
-    ({"epochs": 0}, "epochs must be at least 1"),
-    ({"optimizer": "adam"}, "optimizer 'adam': choose adamw or sgd"),
+    ({"strategy": "lp-ft"}, "strategy='lp-ft': choose lp_ft, full, last_k, head"),
+    ({"epochs": 0}, "epochs=0: must be at least 1"),
+    ({"optimizer": "adam"}, "optimizer='adam': choose adamw or sgd"),
 ])
 def test_bad_settings_fail_in_one_line(kwargs, message):
     with pytest.raises(FeatxError, match=message):
@@ -269,7 +269,8 @@ def test_cli_refuses_a_strategy_with_scratch_and_a_second_trainer_on_one_folder(
     train, _, weights = data
     assert main(["finetune", "--data", str(train), "--backbone", TINY, "--out", str(tmp_path / "r"),
                  "--scratch", "--strategy", "head"]) == 1
-    assert "--scratch trains the whole network from random weights; it takes no --strategy (head)" in capsys.readouterr().err
+    assert capsys.readouterr().err == ("featx: error: --strategy head: scratch trains the whole network from random "
+                                       "weights, so it takes no strategy\n")
     (tmp_path / "busy").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from featx.store import write_lock\n"

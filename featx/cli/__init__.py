@@ -1,8 +1,10 @@
 """The ``featx`` command line: the only part of featx that parses arguments and prints.
 
 :mod:`.parser` declares the arguments (and imports nothing heavy, so help, version and
-argument errors answer at once), :mod:`.commands` runs each command, :mod:`.display`
-shows the library's log records and progress.
+argument errors answer at once), :mod:`.commands` runs each command through the
+library's public functions (:mod:`featx.api`), :mod:`.stores` is ``featx cache``, and
+:mod:`.display` shows the library's log records and progress. A library error that
+names a parameter (``device='tpu': ...``) is shown as its flag (``--device tpu: ...``).
 """
 from __future__ import annotations
 
@@ -11,7 +13,7 @@ import io
 import logging
 import sys
 
-from ..core.errors import FeatxError
+from ..core.errors import FeatxError, ParameterError
 from .parser import parser
 
 UNDER_TORCHRUN = ("extract", "run", "finetune")
@@ -20,9 +22,9 @@ UNDER_TORCHRUN = ("extract", "run", "finetune")
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from ..core import distributed
-    from . import commands
+    from . import commands, stores
 
-    command = getattr(commands, f"cmd_{args.command}")
+    command = stores.cmd_cache if args.command == "cache" else getattr(commands, f"cmd_{args.command}")
     try:
         if not distributed.launched():
             with _speaking(True):
@@ -42,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             distributed.shutdown()
     except FeatxError as exc:
-        print(f"featx: error: {exc}", file=sys.stderr)
+        print(f"featx: error: {exc.as_flag() if isinstance(exc, ParameterError) else exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("featx: interrupted; committed batches are kept and the next run resumes from them", file=sys.stderr)

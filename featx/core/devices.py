@@ -5,7 +5,7 @@ import contextlib
 
 import torch
 
-from .errors import FeatxError
+from .errors import ParameterError
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -14,9 +14,9 @@ def resolve_device(device: str = "auto") -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device not in ("cpu", "cuda"):
-        raise FeatxError(f"--device {device}: choose auto, cpu or cuda")
+        raise ParameterError("device", device, "choose auto, cpu or cuda")
     if device == "cuda" and not torch.cuda.is_available():
-        raise FeatxError("--device cuda: no CUDA device is available (use --device cpu)")
+        raise ParameterError("device", device, "no CUDA device is available (choose cpu)")
     return torch.device(device)
 
 
@@ -30,7 +30,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
         native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
         return "bf16" if native else "fp32"
     if precision not in PRECISIONS:
-        raise FeatxError(f"--precision {precision}: choose auto, fp32, bf16 or fp16")
+        raise ParameterError("precision", precision, "choose auto, fp32, bf16 or fp16")
     return precision
 
 

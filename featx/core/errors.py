@@ -5,6 +5,20 @@ class FeatxError(Exception):
     """Base class for errors a user can act on."""
 
 
+class ParameterError(FeatxError, ValueError):
+    """A parameter whose value featx cannot use. The message names the parameter as the
+    library spells it (``device='tpu': choose auto, cpu or cuda``); the command line
+    shows it as its flag (``--device tpu: ...``)."""
+
+    def __init__(self, name: str, value, reason: str):
+        self.name, self.value, self.reason = name, value, reason
+        super().__init__(f"{name}={value!r}: {reason}")
+
+    def as_flag(self) -> str:
+        """The message as the command line's option would say it."""
+        return f"--{self.name.replace('_', '-')} {self.value}: {self.reason}"
+
+
 class SourceError(FeatxError):
     """A data source cannot be opened or listed."""
 

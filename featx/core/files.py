@@ -107,8 +107,9 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 
 @contextmanager
-def write_lock(target: Path, busy: str, error: type[FeatxError] = FeatxError):
-    """One writer per ``target``: a second process raises ``error(busy)`` at once.
+def write_lock(target: Path, busy: str, error: type[FeatxError] = FeatxError, wait: bool = False):
+    """One writer per ``target``: a second process raises ``error(busy)`` at once, or
+    with ``wait`` waits for the first to finish.
 
     A POSIX record lock (``lockf``) on ``<target>.lock``, not ``flock``: forked DataLoader
     workers do not inherit it, so a killed run's orphaned workers cannot keep it locked,
@@ -117,7 +118,7 @@ def write_lock(target: Path, busy: str, error: type[FeatxError] = FeatxError):
     lock_path = target.with_name(target.name + ".lock")
     with open(lock_path, "a+") as fh:
         try:
-            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             if exc.errno not in (errno.EACCES, errno.EAGAIN):
                 raise

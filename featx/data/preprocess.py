@@ -13,7 +13,7 @@ from PIL import Image
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-from ..core.errors import FeatxError
+from ..core.errors import ParameterError
 from .images import decode_rgb
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -42,7 +42,7 @@ class Preprocessing:
         if image_size is None or image_size == self.image_size:
             return self
         if image_size < 8:
-            raise FeatxError(f"--image-size {image_size}: too small (at least 8 pixels)")
+            raise ParameterError("image_size", image_size, "too small (at least 8 pixels)")
         return replace(self, image_size=int(image_size))
 
     def to_dict(self) -> dict:

@@ -7,6 +7,7 @@ the journal and this run's commits.
 """
 from __future__ import annotations
 
+import logging
 import os
 import time
 
@@ -17,6 +18,8 @@ from ..data.sources import Source
 from .embed import embed
 from .plan import make_plan, shard
 from .writer import ExtractResult, StoreWriter
+
+log = logging.getLogger(__name__)
 
 
 def extract(
@@ -36,17 +39,54 @@ def extract(
     commit_seconds: float = 30.0,
     on_error: str = "skip",
 ) -> ExtractResult:
-    """Embed every image of ``data`` with ``backbone`` into a store under ``cache_dir``.
-
-    Returns where the store is and how much work was done. Images already embedded
+    """Embed every image of a source into a store in the cache; images already there
     (same key and stamp, in the store or the journal of an interrupted run) are reused.
-    ``batch_size`` defaults to 64 on the CPU and 256 on CUDA; ``decode="gpu"`` decodes
-    JPEGs on the CUDA device (see :mod:`featx.extraction.gpu_decode`), into a store of
-    its own.
 
-    A file that cannot be used is recorded with its reason and skipped; with
-    ``on_error="fail"`` the first one stops the run instead (:class:`SourceError` naming
-    it), after committing the batches embedded before it.
+    Parameters
+    ----------
+    data : path, str or Source
+        A folder in ImageFolder layout (``root/<class>/<image>``), an uncompressed tar
+        holding one (``archive.tar[:prefix]``, read in place), a CSV manifest with columns
+        ``path,label``, ``"sample"`` (the built-in sample), or a source object.
+    backbone : str or Backbone
+        The network by name (:func:`featx.list_backbones`: ``efficientnet_lite0``,
+        ``pixels``, ``timm:<model>``, ``torchvision:<model>[:<weights>]``), or one loaded.
+    cache_dir : path
+        The cache folder; the store is named after the source, the network and a digest
+        of everything that determines the features.
+    weights : path, optional
+        A local state dict for the backbone's architecture; its SHA-256 joins the identity.
+    layers : tuple of str
+        Named stages (``"blocks.3"``) whose outputs are stored too, each globally pooled,
+        beside the pooled penultimate ``embedding``.
+    image_size : int, optional
+        Input resolution (default: the weights'); the crop fraction is kept.
+    batch_size : int, optional
+        Images per batch (default: 64 on the CPU, 256 on CUDA).
+    precision : str
+        ``auto`` (bfloat16 where the hardware runs it natively, else fp16 on CUDA and fp32
+        on the CPU), ``fp32``, ``bf16`` or ``fp16``.
+    device : str
+        ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    decode : str
+        ``cpu`` (decoding processes) or ``gpu`` (JPEGs decoded in batches on the CUDA
+        device with nvJPEG, into a store of its own).
+    workers : int, optional
+        Decoding processes (default: one per core up to 8; beside a GPU all cores but two).
+    commit_rows : int
+        Images per journal commit: a killed run loses at most this many.
+    commit_seconds : float
+        Commit at least this often, whatever the number of images.
+    on_error : str
+        ``skip`` records a file that cannot be used, with its reason, and goes on;
+        ``fail`` stops at the first one (:class:`~featx.core.errors.SourceError` naming it),
+        after committing the batches embedded before it.
+
+    Returns
+    -------
+    ExtractResult
+        The store's ``path``, its ``rows``, and what this run did: ``embedded``,
+        ``reused``, ``skipped``, ``seconds``, ``images_per_second``.
     """
     plan = make_plan(data, backbone, cache_dir, weights=weights, layers=layers, image_size=image_size,
                      batch_size=batch_size, precision=precision, device=device, decode=decode, workers=workers,
@@ -54,7 +94,7 @@ def extract(
     with StoreWriter(plan) as writer:
         done = writer.unchanged()
         if done is not None:
-            return done
+            return _reported(done)
         todo = shard(writer.todo(), plan.batch_size, writer.world)
         start = time.perf_counter()
         error, parts = None, []
@@ -68,4 +108,11 @@ def extract(
         error = distributed.all_ok(error)
         if error is not None:
             raise error
-        return writer.finish(parts, time.perf_counter() - start)
+        return _reported(writer.finish(parts, time.perf_counter() - start))
+
+
+def _reported(result: ExtractResult) -> ExtractResult:
+    speed = f" at {result.images_per_second:.1f} images/s" if result.embedded else ""
+    log.info("%d images in the store: %d embedded%s, %d reused, %d skipped (%s on %s)", result.rows, result.embedded,
+             speed, result.reused, result.skipped, result.precision, result.device, extra={"extract_result": result})
+    return result

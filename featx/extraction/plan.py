@@ -19,7 +19,7 @@ import torch
 from ..backbones import Backbone, load_backbone
 from ..core import distributed
 from ..core.devices import resolve_device, resolve_precision
-from ..core.errors import FeatxError, SourceError
+from ..core.errors import ParameterError, SourceError
 from ..core.hashing import digest
 from ..core.names import DEFAULT_LAYER
 from ..data.preprocess import Preprocessing
@@ -72,20 +72,22 @@ def make_plan(data: str | os.PathLike | Source, backbone: str | Backbone, cache_
         dev = torch.device("cuda", w.local_rank)
     prec = resolve_precision(precision, dev)
     if decode not in ("cpu", "gpu"):
-        raise FeatxError(f"--decode {decode}: choose cpu or gpu")
+        raise ParameterError("decode", decode, "choose cpu or gpu")
     if decode == "gpu" and dev.type != "cuda":
-        raise FeatxError("--decode gpu: decoding on the GPU needs a CUDA device (use --decode cpu)")
+        raise ParameterError("decode", decode, "decoding on the GPU needs a CUDA device (choose cpu)")
     if batch_size is None:
         batch_size = default_batch_size(dev)
     if batch_size < 1:
-        raise FeatxError(f"--batch-size {batch_size}: must be at least 1")
+        raise ParameterError("batch_size", batch_size, "must be at least 1")
     if on_error not in ("skip", "fail"):
-        raise FeatxError(f"--on-error {on_error}: choose skip or fail")
+        raise ParameterError("on_error", on_error, "choose skip or fail")
     if on_error == "fail" and source.problems:
         key, reason = source.problems[0]
         raise SourceError(f"{source.where(key)}: {reason}")
     pre = replace(backbone.preprocessing, decoder=decode)
-    frozen = use_frozen(dev, prec, len(source.items))
+    # an accumulating store serves any subset of its images: their features must not
+    # depend on how many came together, so it never switches to the frozen graph
+    frozen = not source.accumulates and use_frozen(dev, prec, len(source.items))
     key = store_key(source, backbone, prec, pre, frozen)
     return Plan(source, backbone, pre, dev, prec, frozen, batch_size,
                 default_workers(dev) if workers is None else workers, on_error, commit_rows, commit_seconds,

@@ -55,7 +55,9 @@ class StoreWriter:
 
     def __enter__(self) -> StoreWriter:
         self.plan.path.parent.mkdir(parents=True, exist_ok=True)
-        self._stack.enter_context(distributed.job_lock(lambda: store.write_lock(self.plan.path)))
+        # an accumulating store is shared by every call that names files: they queue
+        wait = self.plan.source.accumulates
+        self._stack.enter_context(distributed.job_lock(lambda: store.write_lock(self.plan.path, wait=wait)))
         if self.world.is_main:
             remove_stale_temporaries(self.plan.path)  # left by a run killed mid-write
         return self
@@ -152,8 +154,9 @@ class StoreWriter:
         }
         # Files that could not be read this time are retried by the next run, so the
         # store does not claim to match the listing while any remain; when retrying
-        # changed nothing, the store is left as it is.
-        manifest = "" if transient else plan.manifest
+        # changed nothing, the store is left as it is. An accumulating store matches no
+        # single listing.
+        manifest = "" if transient or plan.source.accumulates else plan.manifest
         if not (old and not self.journaled and not embedded and _same(old, rows, labels, plan.source.classes, manifest)):
             try:
                 store.write_store(plan.path, rows, labels, plan.source.classes, provenance, manifest)
@@ -198,8 +201,25 @@ def _assemble(source: Source, parts: list[Rows], names: list[str], dims: dict[st
         elif (it.key, "") in reason_of:  # failed to read: retried next run
             skipped.append((it.key, "", reason_of[(it.key, "")]))
             transient += 1
+    if source.accumulates:
+        sel, labels, skipped = _with_unlisted(source, pool, sel, skipped)
     sel = np.asarray(sel, dtype=np.int64)
     sk = np.array(skipped, dtype=str).reshape(-1, 3)
     rows = Rows(pool.keys[sel], pool.stamps[sel], pool.sha256[sel], {n: Taken(pool.features[n], sel) for n in names},
                 sk[:, 0], sk[:, 1], sk[:, 2])
     return rows, np.asarray(labels, dtype=np.int64), transient
+
+
+def _with_unlisted(source: Source, pool: Rows, sel: list[int], skipped: list[tuple]) -> tuple[list, list, list]:
+    """For an accumulating source: its rows and skipped files joined with those of every
+    file it does not list (from earlier runs), ordered by key, so that a store written
+    for any subset of its files is the same store. Its files are unlabelled."""
+    listed = {it.key for it in source.items}
+    keys = pool.keys.tolist()
+    kept = {k: i for i, k in enumerate(keys) if k not in listed}  # one row per key in the old store
+    rows = sorted([*((keys[i], i) for i in sel), *kept.items()])
+    listed_skips = {s[0] for s in skipped}
+    skipped = skipped + [(k, st, r) for k, st, r in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist(),
+                                                           pool.skipped_reasons.tolist())
+                         if k not in listed and k not in listed_skips]
+    return [i for _, i in rows], [-1] * len(rows), sorted(skipped)

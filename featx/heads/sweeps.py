@@ -14,7 +14,7 @@ from contextlib import ExitStack, contextmanager
 
 import joblib
 
-from ..core.errors import FeatxError
+from ..core.errors import FeatxError, ParameterError
 
 BACKENDS = ("loky", "dask", "ray")
 
@@ -23,7 +23,7 @@ BACKENDS = ("loky", "dask", "ray")
 def sweep_backend(name: str = "loky", address: str | None = None, workers: int | None = None):
     """Run the joblib tasks started inside the block on backend ``name``."""
     if name not in BACKENDS:
-        raise FeatxError(f"sweep backend {name!r}: choose {', '.join(BACKENDS)}")
+        raise ParameterError("sweep_backend", name, f"choose {', '.join(BACKENDS)}")
     with ExitStack() as stack:
         if name == "dask":
             try:

@@ -14,11 +14,12 @@ SUFFIX = ".h5"
 
 
 @contextmanager
-def write_lock(store_path: Path, busy: str | None = None):
+def write_lock(store_path: Path, busy: str | None = None, wait: bool = False):
     """One writer per store: a second process fails at once with a clear message
-    (``busy``, when given, replaces the store's); see :func:`featx.core.files.write_lock`."""
+    (``busy``, when given, replaces the store's), or with ``wait`` waits its turn; see
+    :func:`featx.core.files.write_lock`."""
     with files.write_lock(store_path, busy or f"{store_path}: another featx process is writing this store; "
-                          "wait for it to finish", StoreError):
+                          "wait for it to finish", StoreError, wait):
         yield
 
 

@@ -6,13 +6,17 @@ from dataclasses import dataclass, replace
 import torch
 
 from ..core.devices import PRECISIONS, resolve_precision
-from ..core.errors import FeatxError
+from ..core.errors import FeatxError, ParameterError
 
 STRATEGIES = ("lp_ft", "full", "last_k", "head")
 
 
 class FinetuneError(FeatxError):
     """Settings, data or a run folder that a fine-tune cannot use."""
+
+
+class SettingError(ParameterError, FinetuneError):
+    """A fine-tuning setting with a value it cannot take."""
 
 
 @dataclass(frozen=True)
@@ -37,27 +41,29 @@ class Settings:
     seed: int = 0
 
     def check(self) -> Settings:
+        """The settings with their defaults filled in; a :class:`SettingError` naming the
+        first setting that cannot be used."""
         if self.strategy not in STRATEGIES:
-            raise FinetuneError(f"strategy {self.strategy!r}: choose {', '.join(STRATEGIES)}")
+            raise SettingError("strategy", self.strategy, f"choose {', '.join(STRATEGIES)}")
         if self.optimizer not in ("adamw", "sgd"):
-            raise FinetuneError(f"optimizer {self.optimizer!r}: choose adamw or sgd")
+            raise SettingError("optimizer", self.optimizer, "choose adamw or sgd")
         if self.precision not in ("auto", *PRECISIONS):
-            raise FinetuneError(f"precision {self.precision!r}: choose auto, {', '.join(PRECISIONS)}")
+            raise SettingError("precision", self.precision, f"choose auto, {', '.join(PRECISIONS)}")
         for name in ("epochs", "batch_size", "accumulate", "patience", "last_k"):
             if getattr(self, name) < 1:
-                raise FinetuneError(f"{name} must be at least 1, got {getattr(self, name)}")
+                raise SettingError(name, getattr(self, name), "must be at least 1")
         if not 0 < self.val_fraction < 1:
-            raise FinetuneError(f"val_fraction must lie between 0 and 1, got {self.val_fraction}")
+            raise SettingError("val_fraction", self.val_fraction, "must lie between 0 and 1")
         for name in ("lr", "backbone_lr", "layer_decay"):
             v = getattr(self, name)
             if v is not None and not v > 0:
-                raise FinetuneError(f"{name} must be positive, got {v}")
+                raise SettingError(name, v, "must be positive")
         for name in ("weight_decay", "warmup_epochs"):
             v = getattr(self, name)
             if v is not None and v < 0:
-                raise FinetuneError(f"{name} must not be negative, got {v}")
+                raise SettingError(name, v, "must not be negative")
         if self.image_size is not None and self.image_size < 8:
-            raise FinetuneError(f"image_size {self.image_size}: too small (at least 8 pixels)")
+            raise SettingError("image_size", self.image_size, "too small (at least 8 pixels)")
         adamw = self.optimizer == "adamw"
         lr = (1e-3 if adamw else 1e-2) * (0.1 if self.pretrained and self.strategy == "lp_ft" else 1.0)
         return replace(self, lr=self.lr or lr,

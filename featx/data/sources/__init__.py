@@ -1,5 +1,6 @@
 """Image sources: an ImageFolder directory, a tar archive read in place, a CSV manifest,
-the built-in sample, and parts of any of them (see :mod:`.base` for what a source is).
+the built-in sample, files named one by one, and parts of any of them (see :mod:`.base`
+for what a source is).
 """
 from __future__ import annotations
 
@@ -8,13 +9,14 @@ import re
 
 from ...core.errors import SourceError
 from .base import Item, Source
+from .files import FilesSource
 from .folder import ImageFolderSource
 from .manifest import CsvSource
 from .subsets import KeysSource, SubsetSource
 from .tar import TAR_SPEC, TarSource
 
-__all__ = ["CsvSource", "ImageFolderSource", "Item", "KeysSource", "Source", "SubsetSource", "TarSource",
-           "open_source"]
+__all__ = ["CsvSource", "FilesSource", "ImageFolderSource", "Item", "KeysSource", "Source", "SubsetSource",
+           "TarSource", "open_source"]
 
 
 def open_source(spec: str | os.PathLike) -> Source:

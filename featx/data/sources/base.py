@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,9 @@ class Source:
     classes: list[str] = field(default_factory=list)
     items: list[Item] = field(default_factory=list)
     problems: list[tuple[str, str]] = field(default_factory=list)
+    # A store of an accumulating source keeps the rows of images it no longer lists
+    # (see FilesSource); any other store holds exactly what its source lists.
+    accumulates: ClassVar[bool] = False
 
     def read(self, item: Item) -> bytes:  # pragma: no cover - abstract
         raise NotImplementedError

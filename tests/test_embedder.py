@@ -1,0 +1,95 @@
+"""featx.ImageEmbedder: image paths in, features out, through the cache, as a
+scikit-learn transformer."""
+from __future__ import annotations
+
+import logging
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from imagegen import make_folder
+from sklearn.base import clone
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import make_pipeline
+
+from featx import ImageEmbedder, extract, load
+from featx.core.errors import SourceError
+
+
+def _embedded(caplog) -> list[int]:
+    """Images put through the network, per extraction, from featx's log records."""
+    return [r.extract_result.embedded for r in caplog.records if hasattr(r, "extract_result")]
+
+
+def _paths(root, split):
+    paths = sorted(str(p) for p in (root / split).glob("*/*.jpg"))
+    return paths, [p.split("/")[-2] for p in paths]
+
+
+def test_a_pipeline_on_image_paths_scores_the_hymenoptera_tutorial_and_refits_from_the_cache(
+        hymenoptera, tmp_path, caplog):
+    with tarfile.open(hymenoptera) as tf:
+        tf.extractall(tmp_path, filter="data")
+    root = tmp_path / "hymenoptera"
+    (X_train, y_train), (X_val, y_val) = _paths(root, "train"), _paths(root, "val")
+    clf = make_pipeline(ImageEmbedder("efficientnet_lite0", cache_dir=tmp_path / "cache"),
+                        LogisticRegression(max_iter=2000))
+    with caplog.at_level(logging.INFO, logger="featx"):
+        clf.fit(X_train, y_train)
+        score = clf.score(X_val, y_val)
+        assert _embedded(caplog) == [len(X_train), len(X_val)]
+        caplog.clear()
+        clone(clf).fit(X_train, y_train)
+    print(f"hymenoptera val accuracy: {score:.4f} ({len(X_train)} train, {len(X_val)} val images)")
+    assert score >= 0.93
+    assert _embedded(caplog) == [0]  # the second fit embeds nothing
+
+
+@pytest.fixture()
+def photos(tmp_path):
+    return [str(p) for p in sorted(make_folder(tmp_path / "photos", {"a": 6, "b": 6}).glob("*/*.jpg"))]
+
+
+def test_rows_follow_the_paths_whatever_their_order_subset_or_repeats(photos, tmp_path, caplog):
+    emb = ImageEmbedder("efficientnet_lite0", cache_dir=tmp_path / "cache", image_size=64, layers=("blocks.3",))
+    everything = emb.fit_transform(photos)
+    assert everything.shape == (12, 1280 + 80) and len(emb.get_feature_names_out()) == 1280 + 80
+    store = next((tmp_path / "cache").glob("*.h5"))
+    written = store.stat().st_mtime_ns
+    order = [5, 0, 0, 11, 3]
+    with caplog.at_level(logging.INFO, logger="featx"):
+        again = emb.transform([photos[i] for i in order])
+    assert _embedded(caplog) == [0] and store.stat().st_mtime_ns == written  # nothing embedded or rewritten
+    np.testing.assert_array_equal(again, everything[order])
+    # the features are those featx extract computes for the same images
+    X, _, keys, _ = load(extract(str(tmp_path / "photos"), emb._network(), tmp_path / "other", workers=0).path)
+    np.testing.assert_allclose(everything[:, :1280], X, atol=1e-4)
+
+
+def test_it_survives_clone_params_pickling_and_a_grid_search(photos, tmp_path, caplog):
+    emb = ImageEmbedder("efficientnet_lite0", cache_dir=tmp_path / "cache", image_size=64)
+    assert clone(emb).get_params() == emb.get_params()
+    assert emb.set_params(image_size=64).get_params()["image_size"] == 64
+    X = emb.transform(photos)
+    back = pickle.loads(pickle.dumps(emb))
+    assert "_cached_backbone" not in back.__dict__
+    np.testing.assert_array_equal(back.transform(photos), X)
+    y = [p.split("/")[-2] for p in photos]
+    search = GridSearchCV(make_pipeline(emb, LogisticRegression(max_iter=500)),
+                          {"logisticregression__C": [0.1, 1.0]}, cv=2)
+    with caplog.at_level(logging.INFO, logger="featx"):
+        search.fit(photos, y)
+    assert set(_embedded(caplog)) == {0}  # every fold and refit read the cache
+
+
+def test_an_unreadable_file_stops_with_one_line_naming_it(photos, tmp_path):
+    broken = tmp_path / "photos" / "a" / "broken.jpg"
+    broken.write_bytes(b"not a picture")
+    emb = ImageEmbedder("efficientnet_lite0", cache_dir=tmp_path / "cache", image_size=64)
+    with pytest.raises(SourceError, match=rf"^{broken}: "):
+        emb.transform([*photos, str(broken)])
+    with pytest.raises(SourceError, match=rf"^{tmp_path / 'nowhere.jpg'}: cannot open"):
+        emb.transform([str(tmp_path / "nowhere.jpg")])
+    assert emb.transform(photos).shape == (12, 1280)  # the good ones were kept

@@ -1,4 +1,4 @@
-"""What featx does with each broken or hostile input of the corpus in tests/hostile.py:
+"""What featx does with each broken or hostile input of the corpus in tests/support/hostile.py:
 embedded, skipped with its reason, or refused with its error. Prints JSON: the number of
 cases, how many came out as expected, and one row per case.
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from hostile import PWNED, make_corpus, outcomes
+from support.hostile import PWNED, make_corpus, outcomes
 
 from featx.backbones import load_backbone
 

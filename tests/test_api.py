@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagegen import make_folder
+from support.imagegen import make_folder
 
 import featx
 from featx.cli import main

@@ -11,14 +11,15 @@ import pytest
 import torch
 from fixtures.write_fixtures import write_images
 
+from featx import store
+from featx.backbones import load_backbone
+from featx.extraction import extract
+from featx.heads.bundle import SKOPS_TRUSTED
+from featx.heads.bundle import load as load_model
+from featx.heads.predict import predict
 from featx.training import network as ft_network
 from featx.training import state as ft_state
 from featx.training.settings import Settings
-from featx import store
-from featx.heads.bundle import SKOPS_TRUSTED, load as load_model
-from featx.heads.predict import predict
-from featx.backbones import load_backbone
-from featx.extraction import extract
 
 V1 = Path(__file__).resolve().parent / "fixtures" / "v1"
 EXPECTED = json.loads((V1 / "expected.json").read_text())

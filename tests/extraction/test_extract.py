@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from support.crash import store_equal
+from support.imagegen import jpeg_bytes, make_folder, photo
 
 from featx.extraction import extract
 from featx.store import Journal, info, load, read, remove, verify
 
-from imagegen import jpeg_bytes, make_folder, photo
-
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 class ForwardCounter:
@@ -121,16 +121,6 @@ def test_layers_are_stored_under_their_names(tmp_path):
     assert X.shape == (2, 80)
 
 
-def _store_equal(a, b):
-    a, b = read(a), read(b)
-    (ra, la, ca), (rb, lb, cb) = (a.rows, a.labels, a.classes), (b.rows, b.labels, b.classes)
-    assert ca == cb and np.array_equal(la, lb)
-    assert list(ra.keys) == list(rb.keys) and list(ra.sha256) == list(rb.sha256)
-    assert list(ra.skipped_keys) == list(rb.skipped_keys)
-    for name in ra.features:
-        assert np.array_equal(ra.features[name], rb.features[name]), name
-
-
 def test_sigkilled_extraction_resumes_to_an_identical_store(hymenoptera, tmp_path):
     data = f"{hymenoptera}:hymenoptera/val"
     job = (
@@ -159,7 +149,7 @@ def test_sigkilled_extraction_resumes_to_an_identical_store(hymenoptera, tmp_pat
 
     clean = extract(data, "efficientnet_lite0", tmp_path / "clean", image_size=96, batch_size=8, workers=1)
     assert clean.embedded == 153
-    _store_equal(resumed.path, clean.path)
+    store_equal(resumed.path, clean.path)
 
 
 def test_a_source_without_images_is_an_error(tmp_path, lite0_small):

@@ -1,7 +1,6 @@
 import json
 import subprocess
 import sys
-
 from pathlib import Path
 
 import h5py
@@ -10,7 +9,7 @@ import numpy as np
 from featx.cli import main
 from featx.store import load
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def featx(*args, cwd=None):
@@ -35,10 +34,10 @@ def test_extract_sample_prints_the_store_path_last(tmp_path):
 
 
 def test_cache_commands(tmp_path, capsys, lite0_small):
+    from support.imagegen import make_folder
+
     from featx.extraction import extract
     from featx.store import info
-
-    from imagegen import make_folder
 
     make_folder(tmp_path / "data", {"a": 2, "b": 2})
     (tmp_path / "data" / "a" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")

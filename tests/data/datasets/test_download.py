@@ -11,12 +11,12 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from httpserver import FileServer
-from imagegen import jpeg_bytes, photo
+from support.httpserver import FileServer
+from support.imagegen import image_tree, tar_bytes
 
 from featx.data import datasets
-from featx.data.datasets.converters import folders
 from featx.data.datasets import Dataset, DatasetError, Packaging
+from featx.data.datasets.converters import folders
 from featx.data.datasets.download import DownloadError, Remote, fetch
 from featx.data.datasets.unpack import UnpackError, unpack
 
@@ -24,29 +24,6 @@ from featx.data.datasets.unpack import UnpackError, unpack
 def remote(server: FileServer, path: str, data: bytes, sha256: str | None = None) -> Remote:
     server.files[path] = data
     return Remote(server.url + path, len(data), sha256 or hashlib.sha256(data).hexdigest())
-
-
-def tar_bytes(members: dict[str, bytes], special: tuple = ()) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-        for info in special:
-            tf.addfile(info)
-    return buf.getvalue()
-
-
-def image_tree(top: str, per_split: dict[str, int]) -> dict[str, bytes]:
-    """``top/<split>/<class>/<n>.jpg`` with distinct small photos."""
-    out, seed = {}, 0
-    for split, n in per_split.items():
-        for cls in ("ants", "bees"):
-            for i in range(n):
-                out[f"{top}/{split}/{cls}/{i}.jpg"] = jpeg_bytes(photo(seed, (40, 30)))
-                seed += 1
-    return out
 
 
 @pytest.fixture

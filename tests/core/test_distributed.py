@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-from crash import run_featx, store_equal
+from support.crash import run_featx, store_equal
 
 from featx import store
 from featx.core.distributed import World
-from featx.extraction.plan import shard
 from featx.data.sources import Item
+from featx.extraction.plan import shard
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def torchrun(n: int, args: list[str], cwd: Path) -> subprocess.Popen:
@@ -121,7 +121,7 @@ def test_two_nodes_meeting_at_a_rendezvous_write_the_single_process_store(single
 
 @pytest.mark.slow
 def test_a_pipeline_under_torchrun_shares_the_extraction_and_reports_once(tmp_path):
-    from imagegen import make_folder
+    from support.imagegen import make_folder
 
     data = make_folder(tmp_path / "data", {"a": 20, "b": 20})
     (tmp_path / "p.yaml").write_text(
@@ -156,7 +156,7 @@ def test_a_two_process_fine_tune_trains_an_epoch_and_its_model_loads(tmp_path):
     """One batch of one image per process, and one image cannot be decoded: the process
     that draws it has nothing to train on, so every process skips that batch together
     (otherwise the other one would wait for it forever in the gradient all-reduce)."""
-    from imagegen import make_folder
+    from support.imagegen import make_folder
 
     from featx.training import load_checkpoint
 
@@ -187,7 +187,7 @@ def test_a_two_process_fine_tune_trains_an_epoch_and_its_model_loads(tmp_path):
 @pytest.mark.slow
 def test_a_killed_two_process_fine_tune_resumes_to_the_uninterrupted_weights(tmp_path):
     import torch
-    from imagegen import make_folder
+    from support.imagegen import make_folder
 
     from featx.training import load_checkpoint
 

@@ -7,7 +7,7 @@ file is and its expected outcome:
 - ``skipped``: not embedded, recorded with a one-line reason matching ``reason``;
 - ``refused``: the whole input is refused with a one-line error matching ``reason``.
 
-Used by tests/test_hostile.py and by benchmarks/hostile_inputs.py (which prints the table).
+Used by tests/data/test_hostile.py and by benchmarks/hostile_inputs.py (which prints the table).
 """
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from imagegen import jpeg_bytes, photo
 from PIL import Image
+
+from .imagegen import jpeg_bytes, photo
 
 
 @dataclass(frozen=True)
@@ -198,9 +199,9 @@ def outcomes(root: Path, cases: list[Case], backbone, cache: Path) -> list[dict]
     ``skipped`` (with its recorded reason) or ``refused`` (with the error), else ``missing``."""
     from featx import store
     from featx.bench import pipeline
-    from featx.heads.fitting import train as train_head
     from featx.core.errors import FeatxError
     from featx.extraction import extract
+    from featx.heads.fitting import train as train_head
 
     specs = {"folder": str(root / "folder"), "single": str(root / "single"), "tar": f"{root / 'members.tar'}:root"}
     results = []

@@ -8,17 +8,17 @@ import json
 
 import numpy as np
 import pytest
-from httpserver import FileServer
-from test_download import image_tree, tar_bytes
+from support.httpserver import FileServer
+from support.imagegen import image_tree, tar_bytes
 
 from featx.bench import suite as bench
-from featx.data.datasets import catalog as catalog_module
-from featx.data.datasets.converters import folders
-from featx.data.datasets import Dataset, Packaging
-from featx.data.datasets.download import Remote
-from featx.core.errors import FeatxError
 from featx.bench.references import ACCURACY, reference_for
 from featx.bench.report import method_label
+from featx.core.errors import FeatxError
+from featx.data.datasets import Dataset, Packaging
+from featx.data.datasets import catalog as catalog_module
+from featx.data.datasets.converters import folders
+from featx.data.datasets.download import Remote
 
 
 @pytest.fixture(scope="module")

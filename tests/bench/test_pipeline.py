@@ -6,15 +6,15 @@ import logging
 
 import jsonschema
 import pytest
-from imagegen import make_folder
+from support.imagegen import make_folder
 
 from featx import store
 from featx.bench import pipeline
+from featx.bench.report import SCHEMA, summary
 from featx.bench.run import run as run_pipeline
 from featx.cli import main
 from featx.core.errors import FeatxError
 from featx.heads import validation_split
-from featx.bench.report import SCHEMA, summary
 
 GOOD = """\
 name: tiny
@@ -77,7 +77,7 @@ def test_cli_reports_a_pipeline_typo_in_one_line(tmp_path, capsys):
 def test_shipped_pipelines_are_valid():
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "pipelines"
+    root = Path(__file__).resolve().parents[2] / "pipelines"
     names = sorted(p.name for p in root.glob("*.yaml"))
     assert {"hymenoptera.yaml", "cifar10.yaml"} <= set(names)
     for name in names:
@@ -147,7 +147,7 @@ def test_hymenoptera_pipeline_logreg_reaches_94_percent_and_predict_agrees(hymen
     from featx.heads.bundle import load as load_model
     from featx.heads.predict import predict
 
-    p = pipeline.load(Path(__file__).resolve().parents[1] / "pipelines" / "hymenoptera.yaml")
+    p = pipeline.load(Path(__file__).resolve().parents[2] / "pipelines" / "hymenoptera.yaml")
     assert p.test.endswith("hymenoptera.tar:hymenoptera/val") and p.val is None  # C is chosen inside train
     p.train, p.test = f"{hymenoptera}:hymenoptera/train", f"{hymenoptera}:hymenoptera/val"
     p.backbones, p.heads, p.efficiency_heads = ["efficientnet_lite0"], ["logreg"], []
@@ -204,7 +204,7 @@ def test_hymenoptera_lp_ft_reaches_94_percent_and_scratch_stays_far_below(hymeno
     """The issue's figure: the shipped pipeline's finetune and scratch stages (about 8 min on 2 cores)."""
     from pathlib import Path
 
-    p = pipeline.load(Path(__file__).resolve().parents[1] / "pipelines" / "hymenoptera.yaml")
+    p = pipeline.load(Path(__file__).resolve().parents[2] / "pipelines" / "hymenoptera.yaml")
     p.train, p.test = f"{hymenoptera}:hymenoptera/train", f"{hymenoptera}:hymenoptera/val"
     p.backbones, p.heads, p.efficiency_heads = ["efficientnet_lite0"], ["logreg"], []
     report = run_pipeline(p, tmp_path / "out", tmp_path / "cache")

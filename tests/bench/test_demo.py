@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 
-from imagegen import make_folder
+from support.imagegen import make_folder
 
-from featx.cli import main
 from featx.bench.demo import DEMO_BACKBONES, demo_pipeline
+from featx.cli import main
 from featx.data.textures import generate
 
 

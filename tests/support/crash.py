@@ -15,7 +15,7 @@ import numpy as np
 from featx import store
 from featx.store import read
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def featx_process(args: list[str], cwd: Path, prelude: str = "") -> subprocess.Popen:

@@ -7,13 +7,15 @@ import json
 
 import numpy as np
 import pytest
-from imagegen import make_folder
+from support.imagegen import make_folder
 
-from featx.heads.bundle import ModelError, load as load_model, save as save_model
-from featx.heads.fitting import train as train_head
-from featx.heads.predict import predict
 from featx.cli import main
 from featx.extraction import extract
+from featx.heads.bundle import ModelError
+from featx.heads.bundle import load as load_model
+from featx.heads.bundle import save as save_model
+from featx.heads.fitting import train as train_head
+from featx.heads.predict import predict
 from featx.store import load
 
 

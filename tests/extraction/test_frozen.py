@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from imagegen import make_folder
+from support.imagegen import make_folder
 
 from featx import store
-from featx.extraction import frozen
-from featx.extraction import extract
+from featx.extraction import extract, frozen
 from featx.extraction.frozen import frozen_embed, use_frozen
 
 

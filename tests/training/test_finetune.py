@@ -13,15 +13,15 @@ import time
 import numpy as np
 import pytest
 import torch
-from imagegen import make_folder
+from support.imagegen import make_folder
 
 from featx import training as ft
-from featx.training import state as ft_state
-from featx.training.probe import frozen_features, linear_probe_weights
-from featx.training.splits import make_splits
 from featx.backbones import load_backbone
 from featx.cli import main
 from featx.core.errors import FeatxError
+from featx.training import state as ft_state
+from featx.training.probe import frozen_features, linear_probe_weights
+from featx.training.splits import make_splits
 
 TINY = "timm:test_efficientnet"  # timm's 0.36 M-parameter EfficientNet, random weights saved by the test
 
@@ -195,10 +195,10 @@ def test_a_kill_between_the_checkpoint_and_model_pt_is_mended_on_resume(tmp_path
 
 def test_a_fine_tuned_network_is_a_backbone_for_extract_heads_and_predict(tmp_path, data):
     from featx import store
+    from featx.extraction import extract
     from featx.heads.bundle import load as load_model
     from featx.heads.fitting import train as train_head
     from featx.heads.predict import predict
-    from featx.extraction import extract
 
     train, test, weights = data
     r = ft.finetune(train, TINY, tmp_path / "run", test=test, settings=ft.Settings(strategy="full", **SETTINGS),

@@ -1,4 +1,4 @@
-"""Broken and hostile inputs (tests/hostile.py): each is embedded or skipped with a
+"""Broken and hostile inputs (tests/support/hostile.py): each is embedded or skipped with a
 one-line reason, the run completes, ``--on-error fail`` stops at the first with its
 name, and nothing is written outside the cache and output folders."""
 from __future__ import annotations
@@ -11,15 +11,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hostile import PWNED, make_corpus, outcomes
-from imagegen import jpeg_bytes, make_folder, photo
+from support.hostile import PWNED, make_corpus, outcomes
+from support.imagegen import jpeg_bytes, make_folder, photo
 
 from featx import store
 from featx.core.errors import SourceError
 from featx.extraction import extract
 from featx.store import Journal
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")

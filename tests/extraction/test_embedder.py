@@ -8,11 +8,11 @@ import tarfile
 
 import numpy as np
 import pytest
-from imagegen import make_folder
 from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
+from support.imagegen import make_folder
 
 from featx import ImageEmbedder, extract, load
 from featx.core.errors import SourceError
@@ -53,7 +53,8 @@ def photos(tmp_path):
 
 
 def test_rows_follow_the_paths_whatever_their_order_subset_or_repeats(photos, tmp_path, caplog):
-    emb = ImageEmbedder("efficientnet_lite0", cache_dir=tmp_path / "cache", image_size=64, layers=("blocks.3",))
+    emb = ImageEmbedder("efficientnet_lite0", cache_dir=tmp_path / "cache", image_size=64, layers=("blocks.3",
+                                                                                                   ))
     everything = emb.fit_transform(photos)
     assert everything.shape == (12, 1280 + 80) and len(emb.get_feature_names_out()) == 1280 + 80
     store = next((tmp_path / "cache").glob("*.h5"))

@@ -1,7 +1,8 @@
-"""Small images made by the tests themselves."""
+"""Small images (and archives of them) made by the tests themselves."""
 from __future__ import annotations
 
 import io
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -30,3 +31,26 @@ def make_folder(root: Path, per_class: dict[str, int], start_seed: int = 0) -> P
             (root / cls / f"{i:02d}.jpg").write_bytes(jpeg_bytes(photo(seed)))
             seed += 1
     return root
+
+
+def tar_bytes(members: dict[str, bytes], special: tuple = ()) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+        for info in special:
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+def image_tree(top: str, per_split: dict[str, int]) -> dict[str, bytes]:
+    """``top/<split>/<class>/<n>.jpg`` with distinct small photos."""
+    out, seed = {}, 0
+    for split, n in per_split.items():
+        for cls in ("ants", "bees"):
+            for i in range(n):
+                out[f"{top}/{split}/{cls}/{i}.jpg"] = jpeg_bytes(photo(seed, (40, 30)))
+                seed += 1
+    return out

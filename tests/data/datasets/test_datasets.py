@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from imagegen import jpeg_bytes, photo
 from PIL import Image
+from support.imagegen import jpeg_bytes, photo
 
 from featx.data.datasets import CATALOG, MARKER, prepared
 

@@ -7,8 +7,8 @@ import io
 import numpy as np
 import pytest
 import torch
-from imagegen import jpeg_bytes, make_folder, photo
 from PIL import Image
+from support.imagegen import jpeg_bytes, make_folder, photo
 
 from featx import store
 from featx.core.errors import FeatxError

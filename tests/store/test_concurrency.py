@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from crash import featx_process, run_featx, store_equal
-from imagegen import make_folder
+from support.crash import featx_process, run_featx, store_equal
+from support.imagegen import make_folder
 
 from featx import store
 

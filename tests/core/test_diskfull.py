@@ -12,8 +12,8 @@ import subprocess
 import uuid
 
 import pytest
-from crash import COMMIT_EVERY_BATCH, assert_intact, run_featx, store_equal
-from imagegen import make_folder
+from support.crash import COMMIT_EVERY_BATCH, assert_intact, run_featx, store_equal
+from support.imagegen import make_folder
 
 from featx.store import Journal
 

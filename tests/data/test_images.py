@@ -3,10 +3,9 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
+from support.imagegen import jpeg_bytes, photo
 
 from featx.data.images import ImageDecodeError, decode_rgb
-
-from imagegen import jpeg_bytes, photo
 
 
 def _png(im: Image.Image, **kw) -> bytes:

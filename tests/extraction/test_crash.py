@@ -14,7 +14,7 @@ import shutil
 from collections import Counter
 
 import pytest
-from crash import (
+from support.crash import (
     COMMIT_EVERY_BATCH,
     assert_intact,
     kill_after,
@@ -23,7 +23,7 @@ from crash import (
     store_equal,
     work_window,
 )
-from imagegen import jpeg_bytes, make_folder, photo
+from support.imagegen import jpeg_bytes, make_folder, photo
 
 from featx.heads.bundle import load as load_model
 

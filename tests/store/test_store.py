@@ -5,8 +5,7 @@ import h5py
 import numpy as np
 
 from featx import store
-from featx.store import hdf5
-from featx.store import Journal, Rows, Stacked, Taken, read, write_store
+from featx.store import Journal, Rows, Stacked, Taken, hdf5, read, write_store
 
 
 def rows(n, start=0, dim=5, seed=0):

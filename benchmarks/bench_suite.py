@@ -16,11 +16,13 @@ import sys
 import time
 from pathlib import Path
 
-SHARED = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+SHARED = Path(os.environ.get("FEATX_DATASETS",
+                             Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
 
 
 def featx(*args: str) -> None:
-    subprocess.run([sys.executable, "-m", "featx", *args], check=True, stdout=sys.stderr)  # stdout: the JSON only
+    subprocess.run([sys.executable, "-m", "featx", *args], check=True,
+                   stdout=sys.stderr)  # stdout: the JSON only
 
 
 def readme_protocol(out: Path, dataset: str, backbone: str) -> dict:
@@ -42,7 +44,8 @@ def readme_protocol(out: Path, dataset: str, backbone: str) -> dict:
     Xtr, ytr, _, classes = store.load(stores["train"])
     Xte, yte, _, test_classes = store.load(stores["test"])
     yte = align_labels(yte, test_classes, classes, stores["test"])
-    model = make_pipeline(StandardScaler(), LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=5, max_iter=1000))
+    model = make_pipeline(StandardScaler(),
+                          LogisticRegressionCV(Cs=np.logspace(-4, 2, 13), cv=5, max_iter=1000))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model.fit(Xtr, ytr)
@@ -62,14 +65,16 @@ def main() -> None:
     featx("datasets", "get", "cifar10", "--root", args.root, "--archive", str(SHARED / "cifar10-train.tar"),
           "--archive", str(SHARED / "cifar10-test.tar"))
     start = time.perf_counter()
-    featx("bench", "--datasets", "hymenoptera,cifar10", "--backbones", args.backbones, "--heads", "logreg,knn",
-          "--per-class", "train=500,test=200", "--root", args.root, "--out", args.out, "--cache", args.cache)
+    featx("bench", "--datasets", "hymenoptera,cifar10", "--backbones", args.backbones, "--heads",
+          "logreg,knn", "--per-class", "train=500,test=200", "--root", args.root, "--out", args.out,
+          "--cache", args.cache)
     seconds = time.perf_counter() - start
     suite = json.loads((Path(args.out) / "report.json").read_text())
     print(json.dumps({
         "seconds": round(seconds, 1),
         "report": str(Path(args.out) / "report.html"),
-        "datasets": [{k: d[k] for k in ("dataset", "subset", "n_train", "n_val", "n_test")} for d in suite["datasets"]],
+        "datasets": [{k: d[k] for k in ("dataset", "subset", "n_train", "n_val", "n_test")}
+                     for d in suite["datasets"]],
         "results": [{k: r[k] for k in ("dataset", "backbone", "method", "test_accuracy", "balanced_accuracy",
                                        "fit_seconds", "reference")} for r in suite["results"]],
         "means": suite["means"],

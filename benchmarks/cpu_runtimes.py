@@ -33,7 +33,8 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batches", type=int, default=8)
     p.add_argument("--warm-cache", action="store_true",
-                   help="let torch.compile reuse inductor's on-disk cache from earlier runs (default: a cold, empty one)")
+                   help="let torch.compile reuse inductor's on-disk cache from earlier runs "
+                        "(default: a cold, empty one)")
     args = p.parse_args()
     if not args.warm_cache:  # what a first run on a machine pays
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="featx-inductor-")
@@ -58,7 +59,8 @@ def main() -> None:
         run = build()
         run(x)  # the first call: compiling happens here
         built = time.perf_counter() - start
-        results[name] = {"build_seconds": round(built, 1), "images_per_second": round(rate(run, x, args.batches), 1)}
+        results[name] = {"build_seconds": round(built, 1),
+                         "images_per_second": round(rate(run, x, args.batches), 1)}
     eager = results["eager_bf16"]["images_per_second"]
     for r in results.values():
         gain = 1 / eager - 1 / r["images_per_second"]  # seconds saved per image

@@ -14,7 +14,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-DATASETS = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+DATASETS = Path(os.environ.get("FEATX_DATASETS",
+                               Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
 
 CHILD = """
 import json, resource, sys, time
@@ -25,9 +26,11 @@ if int(sys.argv[2]) < len(src.items):
     src = SubsetSource(src, int(sys.argv[2]) // len(src.classes), seed=0)
 start = time.perf_counter()
 r = extract(src, sys.argv[3], sys.argv[4])
-print(json.dumps({"images": r.rows, "seconds": round(time.perf_counter() - start, 1), "precision": r.precision,
-                  "main_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-                  "worker_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}))
+seconds = round(time.perf_counter() - start, 1)
+peak = {who: round(resource.getrusage(which).ru_maxrss / 1024, 1)
+        for who, which in (("main", resource.RUSAGE_SELF), ("worker", resource.RUSAGE_CHILDREN))}
+print(json.dumps({"images": r.rows, "seconds": seconds, "precision": r.precision,
+                  "main_peak_rss_mb": peak["main"], "worker_peak_rss_mb": peak["worker"]}))
 """
 
 

@@ -37,8 +37,10 @@ from featx.extraction.frozen import frozen_embed, use_frozen
 from featx.extraction.loader import default_batch_size
 
 # the shared datasets beside the project, or FEATX_DATASETS (on a machine without them)
-DATASETS = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
-LAYOUT = {"hymenoptera": ("hymenoptera.tar", "hymenoptera/val"), "cifar10-test": ("cifar10-test.tar", "cifar10/test")}
+DATASETS = Path(os.environ.get("FEATX_DATASETS",
+                               Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+LAYOUT = {"hymenoptera": ("hymenoptera.tar", "hymenoptera/val"),
+          "cifar10-test": ("cifar10-test.tar", "cifar10/test")}
 
 
 def unpack(name: str, dest: Path, limit: int | None, seed: int = 0) -> Path:
@@ -63,7 +65,8 @@ def tutorial(folder: Path, backbone, device: torch.device, out: Path) -> float:
     pre = backbone.preprocessing
     tf = transforms.Compose([
         transforms.Resize(pre.resize_size, interpolation=InterpolationMode(pre.interpolation)),
-        transforms.CenterCrop(pre.image_size), transforms.ToTensor(), transforms.Normalize(pre.mean, pre.std)])
+        transforms.CenterCrop(pre.image_size), transforms.ToTensor(),
+        transforms.Normalize(pre.mean, pre.std)])
     loader = torch.utils.data.DataLoader(datasets.ImageFolder(folder, tf), batch_size=64,
                                          num_workers=len(os.sched_getaffinity(0)))
     model = backbone.model.to(device).float().eval()
@@ -85,7 +88,8 @@ def bound(backbone, device: torch.device, precision: str, images: int, frozen: b
     dtype = PRECISIONS[precision]
     run = frozen_embed(backbone, batch) if frozen else model
     batches = max(3, -(-images // batch))
-    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None and not frozen):
+    with torch.inference_mode(), torch.autocast(device.type, dtype=dtype,
+                                                enabled=dtype is not None and not frozen):
         run(x)
         if device.type == "cuda":
             torch.cuda.synchronize()
@@ -103,15 +107,16 @@ def main() -> None:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--limit", type=int, default=0, help="images per dataset, a seeded draw (0: all)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--decode", default="cpu", help="featx's decoders to time, comma-separated: cpu, gpu (CUDA only)")
+    p.add_argument("--decode", default="cpu",
+                   help="featx's decoders to time, comma-separated: cpu, gpu (CUDA only)")
     args = p.parse_args()
     dev = resolve_device(args.device)
     prec = resolve_precision("auto", dev)
     if dev.type == "cuda":  # load CUDA and its kernels before any timing: no contender pays for it
         bound(load_backbone(args.backbone), dev, prec, 1)
         bound(load_backbone(args.backbone), dev, "fp32", 1)
-    results = {"backbone": args.backbone, "device": dev.type, "precision": prec, "cores": len(os.sched_getaffinity(0)),
-               "torch": torch.__version__, "datasets": {}}
+    results = {"backbone": args.backbone, "device": dev.type, "precision": prec,
+               "cores": len(os.sched_getaffinity(0)), "torch": torch.__version__, "datasets": {}}
     for name in args.datasets.split(","):
         with tempfile.TemporaryDirectory(prefix="featx-bench-") as tmp:
             folder = unpack(name, Path(tmp) / name, args.limit or None)
@@ -120,7 +125,8 @@ def main() -> None:
             for decode in args.decode.split(","):
                 bb = load_backbone(args.backbone)  # built outside the timing, as the tutorial's model is
                 start = time.perf_counter()
-                r = extract(str(folder), bb, Path(tmp) / "cache", precision="auto", device=args.device, decode=decode)
+                r = extract(str(folder), bb, Path(tmp) / "cache", precision="auto", device=args.device,
+                            decode=decode)
                 featx_ips[decode] = r.rows / (time.perf_counter() - start)
                 stores[decode] = store.load(r.path)[0]
             tut_ips = tutorial(folder, load_backbone(args.backbone), dev, Path(tmp) / "features.npy")
@@ -131,7 +137,8 @@ def main() -> None:
                "bound_images_per_second": round(bound_ips, 1)}
         for decode, ips in featx_ips.items():
             tag = "featx" if decode == "cpu" else f"featx_{decode}_decode"
-            row.update({f"{tag}_images_per_second": round(ips, 1), f"{tag}_over_tutorial": round(ips / tut_ips, 2),
+            row.update({f"{tag}_images_per_second": round(ips, 1),
+                        f"{tag}_over_tutorial": round(ips / tut_ips, 2),
                         f"{tag}_over_bound": round(ips / bound_ips, 3)})
         if "gpu" in stores and "cpu" in stores:  # how far the GPU decoder moves the features
             a, b = stores["cpu"], stores["gpu"]

@@ -50,7 +50,8 @@ def main() -> None:
     args = p.parse_args()
     dev = resolve_device(args.device)
     torch.manual_seed(0)
-    x = torch.randn(args.batch, 3, args.size, args.size, device=dev).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=dev)
+    x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 2, (args.batch,), device=dev)
     out = {"backbone": args.backbone, "image_size": args.size, "batch_size": args.batch, "device": dev.type,
            "threads": torch.get_num_threads()}

@@ -32,7 +32,8 @@ from featx.heads.base import score as _score
 from featx.heads.fitting import align_labels
 
 # the shared datasets beside the project, or FEATX_DATASETS (on a machine without them)
-DATASETS = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+DATASETS = Path(os.environ.get("FEATX_DATASETS",
+                               Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
 
 
 def naive(X, y, seed: int):
@@ -49,7 +50,8 @@ def naive(X, y, seed: int):
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("--rows", type=int, default=0, help="training rows, a stratified seeded subset (0: all 50,000)")
+    p.add_argument("--rows", type=int, default=0,
+                   help="training rows, a stratified seeded subset (0: all 50,000)")
     p.add_argument("--cache", default="cache")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="where featx's sweep runs: auto, cpu or cuda")
@@ -60,7 +62,8 @@ def main() -> None:
     (X, y, _, classes), (Xte, yte, _, tclasses) = (store.load(path) for path in paths)
     yte = align_labels(yte, tclasses, classes, "cifar10 test")
     if args.rows and args.rows < len(y):
-        keep, _ = train_test_split(np.arange(len(y)), train_size=args.rows, stratify=y, random_state=args.seed)
+        keep, _ = train_test_split(np.arange(len(y)), train_size=args.rows, stratify=y,
+                                   random_state=args.seed)
         X, y = X[np.sort(keep)], y[np.sort(keep)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", ConvergenceWarning)

@@ -13,9 +13,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from support.hostile import PWNED, make_corpus, outcomes
-
 from featx.backbones import load_backbone
+from support.hostile import PWNED, make_corpus, outcomes
 
 
 def main() -> None:

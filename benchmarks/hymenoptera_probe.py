@@ -56,7 +56,8 @@ def main() -> None:
         "val_accuracy": float((clf.predict(Xva) == yva).mean()),
         "fit_seconds": round(fit_seconds, 2),
         # Images embedded by this run and their rate (0 and null when the stores were cached).
-        "extract": {s: {"embedded": r.embedded, "images_per_second": round(r.images_per_second, 1) if r.embedded else None}
+        "extract": {s: {"embedded": r.embedded,
+                        "images_per_second": round(r.images_per_second, 1) if r.embedded else None}
                     for s, r in runs.items()},
     }, indent=2))
 

@@ -2,8 +2,9 @@
 
 For each precision: mean cosine similarity of the same images' features with fp32's,
 the linear probe's test accuracy (featx's logreg head, C chosen on a validation share
-of train) on hymenoptera and a seeded CIFAR-10 training subset (scored on the whole test split), and the forward pass's images/s
-(random batches, as benchmarks/extract_throughput.py's bound). ``bf16-frozen`` is
+of train) on hymenoptera and a seeded CIFAR-10 training subset (scored on the whole test
+split), and the forward pass's images/s (random batches, as benchmarks/extract_throughput.py's
+bound). ``bf16-frozen`` is
 bfloat16 through the frozen TorchScript graph that featx uses for large jobs on the CPU
 (featx.frozen), forced here on these small sets. Prints JSON.
 
@@ -28,7 +29,8 @@ from featx.heads import LogRegHead
 from featx.heads.fitting import align_labels, fit
 
 # the shared datasets beside the project, or FEATX_DATASETS (on a machine without them)
-DATASETS = Path(os.environ.get("FEATX_DATASETS", Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
+DATASETS = Path(os.environ.get("FEATX_DATASETS",
+                               Path(__file__).resolve().parents[1].parent / "shared" / "datasets"))
 
 
 def _splits(name: str, per_class: int):
@@ -42,8 +44,10 @@ def _splits(name: str, per_class: int):
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--backbone", default="efficientnet_lite0")
-    p.add_argument("--precisions", default="bf16,bf16-frozen,fp16", help="compared with fp32, comma-separated")
-    p.add_argument("--cifar-per-class", type=int, default=500, help="training images per class (test: all 10,000)")
+    p.add_argument("--precisions", default="bf16,bf16-frozen,fp16",
+                   help="compared with fp32, comma-separated")
+    p.add_argument("--cifar-per-class", type=int, default=500,
+                   help="training images per class (test: all 10,000)")
     p.add_argument("--cache", default="cache")
     p.add_argument("--device", default="auto")
     args = p.parse_args()
@@ -52,21 +56,22 @@ def main() -> None:
     default_min = frozen.MIN_IMAGES
     out = {"backbone": args.backbone, "device": dev.type, "images_per_second": {}, "datasets": {}}
     for prec in ["fp32", *args.precisions.split(",")]:
-        out["images_per_second"][prec] = round(bound(load_backbone(args.backbone), dev, prec.removesuffix("-frozen"),
-                                                     384, prec.endswith("-frozen")), 1)
+        out["images_per_second"][prec] = round(bound(load_backbone(args.backbone), dev,
+                                                     prec.removesuffix("-frozen"), 384,
+                                                     prec.endswith("-frozen")), 1)
     for name in ("hymenoptera", "cifar10"):
         train, test = _splits(name, args.cifar_per_class)
         result = {}
         for prec in ["fp32", *args.precisions.split(",")]:
             frozen.MIN_IMAGES = 0 if prec.endswith("-frozen") else 1 << 62  # each row runs as it says
-            stores = [extract(s, bb, args.cache, precision=prec.removesuffix("-frozen"), device=args.device).path
-                      for s in (train, test)]
+            stores = [extract(s, bb, args.cache, precision=prec.removesuffix("-frozen"),
+                              device=args.device).path for s in (train, test)]
             (Xtr, ytr, ktr, classes), (Xte, yte, kte, tclasses) = (store.load(s) for s in stores)
             yte = align_labels(yte, tclasses, classes, test.spec)
             model, vm, _ = fit(Xtr, ytr, "logreg")
             result[prec] = {"X": np.concatenate([Xtr, Xte]), "keys": np.concatenate([ktr, kte]),
-                            "accuracy": float(np.mean(model.predict(Xte) == yte)), "C": vm["best_params"]["C"],
-                            "train": (Xtr, ytr), "test": (Xte, yte)}
+                            "accuracy": float(np.mean(model.predict(Xte) == yte)),
+                            "C": vm["best_params"]["C"], "train": (Xtr, ytr), "test": (Xte, yte)}
         ref = result["fp32"]
         row = {"images": len(ref["keys"]), "fp32_accuracy": ref["accuracy"], "fp32_C": ref["C"]}
         for prec in args.precisions.split(","):

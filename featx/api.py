@@ -39,8 +39,8 @@ def load(store: str | os.PathLike, layer: str = DEFAULT_LAYER, *, cache_dir: str
 
 
 def train(features: str | os.PathLike, head: str, *, out: str | os.PathLike | None = None,
-          val: str | os.PathLike | None = None, layer: str = DEFAULT_LAYER, val_fraction: float = 0.2, seed: int = 0,
-          n_jobs: int | None = None, sweep_backend: str = "loky", scheduler: str | None = None,
+          val: str | os.PathLike | None = None, layer: str = DEFAULT_LAYER, val_fraction: float = 0.2,
+          seed: int = 0, n_jobs: int | None = None, sweep_backend: str = "loky", scheduler: str | None = None,
           cache_dir: str | os.PathLike = "cache"):
     """Fit a head on a store's features, its hyper-parameter chosen on a validation split.
 
@@ -86,7 +86,8 @@ def train(features: str | os.PathLike, head: str, *, out: str | os.PathLike | No
     path = store.resolve(cache_dir, os.fspath(features))
     val_path = store.resolve(cache_dir, os.fspath(val)) if val is not None else None
     with backend(sweep_backend, scheduler):
-        bundle = fit_store(path, head, val=val_path, layer=layer, val_fraction=val_fraction, seed=seed, n_jobs=n_jobs)
+        bundle = fit_store(path, head, val=val_path, layer=layer, val_fraction=val_fraction, seed=seed,
+                           n_jobs=n_jobs)
     if out is not None:
         save(bundle, out)
     return bundle
@@ -133,8 +134,8 @@ def predict(model, data, *, out: str | os.PathLike | None = None, top_k: int = 3
     from .heads.predict import predict as run
 
     bundle = model if isinstance(model, Bundle) else load_model(model)
-    result = run(bundle, data, cache_dir, weights=weights, batch_size=batch_size, device=device, workers=workers,
-                 on_error=on_error)
+    result = run(bundle, data, cache_dir, weights=weights, batch_size=batch_size, device=device,
+                 workers=workers, on_error=on_error)
     if out is not None:
         result.write_csv(out, top_k=top_k)
     return result
@@ -214,10 +215,10 @@ def finetune(data, backbone: str, out: str | os.PathLike, *, val=None, test=None
     if scratch and strategy:
         raise ParameterError("strategy", strategy, "scratch trains the whole network from random weights, "
                              "so it takes no strategy")
-    settings = Settings(strategy="full" if scratch else strategy or "lp_ft", pretrained=not scratch, epochs=epochs,
-                        batch_size=batch_size, accumulate=accumulate, optimizer=optimizer, lr=lr, last_k=last_k,
-                        patience=patience, image_size=image_size, precision=precision, val_fraction=val_fraction,
-                        seed=seed)
+    settings = Settings(strategy="full" if scratch else strategy or "lp_ft", pretrained=not scratch,
+                        epochs=epochs, batch_size=batch_size, accumulate=accumulate, optimizer=optimizer,
+                        lr=lr, last_k=last_k, patience=patience, image_size=image_size, precision=precision,
+                        val_fraction=val_fraction, seed=seed)
     return train_network(data, backbone, out, val=val, test=test, settings=settings, weights=weights,
                          cache_dir=cache_dir, device=device, workers=workers, resume=resume)
 

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support.imagegen import make_folder
 
 import featx
 from featx.cli import main
 from featx.core.errors import FeatxError, ParameterError
+from support.imagegen import make_folder
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,12 +28,13 @@ def _python(code: str) -> str:
 
 
 def test_importing_featx_imports_none_of_the_heavy_libraries():
-    heavy = _python("import sys, featx; print(sorted(m for m in ('torch', 'numpy', 'sklearn', 'h5py', 'timm') "
-                    "if m in sys.modules))")
+    heavy = _python("import sys, featx\nheavy = ('torch', 'numpy', 'sklearn', 'h5py', 'timm')\n"
+                    "print(sorted(m for m in heavy if m in sys.modules))")
     assert heavy == "[]"
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["--version"], ["extract", "--help"], ["extract", "--precision", "x"]])
+@pytest.mark.parametrize("argv",
+                         [["--help"], ["--version"], ["extract", "--help"], ["extract", "--precision", "x"]])
 def test_the_command_line_answers_help_version_and_argument_errors_without_torch(argv):
     code = ("import sys\nfrom featx.cli import main\ntry:\n    main(%r)\nexcept SystemExit:\n    pass\n"
             "print('torch' in sys.modules)" % argv)
@@ -53,10 +54,12 @@ def test_every_public_name_resolves_and_documents_every_parameter():
             if p == "self":
                 continue
             spelt = f"**{p}" if params[p].kind is inspect.Parameter.VAR_KEYWORD else p
-            assert re.search(rf"^{re.escape(spelt)}( :|$)", doc, re.M), f"featx.{name}: {spelt} is not documented"
+            documented = re.search(rf"^{re.escape(spelt)}( :|$)", doc, re.M)
+            assert documented, f"featx.{name}: {spelt} is not documented"
 
 
-def test_a_wrong_value_is_named_by_its_parameter_in_python_and_by_its_flag_on_the_command_line(tmp_path, capsys):
+def test_a_wrong_value_is_named_by_its_parameter_in_python_and_by_its_flag_on_the_command_line(tmp_path,
+                                                                                               capsys):
     with pytest.raises(ParameterError, match=r"^device='tpu': choose auto, cpu or cuda$"):
         featx.extract("sample", "pixels", tmp_path, device="tpu")
     with pytest.raises(ValueError):  # a ParameterError is a ValueError too
@@ -67,7 +70,8 @@ def test_a_wrong_value_is_named_by_its_parameter_in_python_and_by_its_flag_on_th
 
 
 def test_a_misspelt_backbone_or_head_gets_a_suggestion():
-    with pytest.raises(FeatxError, match=r"unknown backbone 'efficientnet_lite'.*did you mean 'efficientnet_lite0'"):
+    with pytest.raises(FeatxError,
+                       match=r"unknown backbone 'efficientnet_lite'.*did you mean 'efficientnet_lite0'"):
         featx.extract("sample", "efficientnet_lite")
     with pytest.raises(FeatxError, match=r"did you mean 'timm:resnet50' or 'torchvision:resnet50'\?"):
         featx.extract("sample", "resnet50")
@@ -90,8 +94,9 @@ def test_the_public_functions_take_what_the_command_line_takes(tmp_path, capsys,
     assert (tmp_path / "m.skops").is_file() and bundle.classes == ["a", "b"]
     got = featx.predict(tmp_path / "m.skops", str(data), out=tmp_path / "p.csv", cache_dir=cache, workers=0)
     assert got.accuracy == 1.0 and (tmp_path / "p.csv").read_text().startswith("path,label,probability")
-    (tmp_path / "p.yaml").write_text(f"name: api\ndata: {{train: {data}, test_fraction: 0.5}}\nbackbones: [pixels]\n"
-                                     "heads: [nearest_centroid]\nreport: {efficiency: {shots: [1], draws: 1}}\n")
+    (tmp_path / "p.yaml").write_text(f"name: api\ndata: {{train: {data}, test_fraction: 0.5}}\n"
+                                     "backbones: [pixels]\nheads: [nearest_centroid]\n"
+                                     "report: {efficiency: {shots: [1], draws: 1}}\n")
     report = featx.run_pipeline(str(tmp_path / "p.yaml"), out=tmp_path / "out", cache_dir=cache)
     assert json.loads((tmp_path / "out" / "report.json").read_text())["results"] == report["results"]
 

@@ -10,7 +10,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "featx"
 # bottom to top; a module may import its own layer and the layers before it
-LAYERS = ("core", "data", "backbones", "store", "extraction", "heads", "training", "bench", "api", "cli", "featx")
+LAYERS = ("core", "data", "backbones", "store", "extraction", "heads", "training", "bench", "api", "cli",
+          "featx")
 MAX_MODULE_LINES, MAX_FUNCTION_LINES, MAX_POSITIONAL = 400, 60, 6
 
 
@@ -91,7 +92,8 @@ def _code_lines(node: ast.FunctionDef) -> int:
     """A function's lines, its docstring not counted (documenting every parameter is not length)."""
     lines = node.end_lineno - node.lineno + 1
     first = node.body[0]
-    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value, str):
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and isinstance(first.value.value,
+                                                                                            str):
         lines -= first.end_lineno - first.lineno + 1
     return lines
 
@@ -104,5 +106,6 @@ def test_modules_functions_and_signatures_stay_small(module):
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             assert _code_lines(node) <= MAX_FUNCTION_LINES, f"{node.name} is too long"
-            positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
+            positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self",
+                                                                                                 "cls")]
             assert len(positional) <= MAX_POSITIONAL, f"{node.name}: make the later parameters keyword-only"

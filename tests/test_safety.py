@@ -24,9 +24,9 @@ def test_every_torch_load_reads_weights_only():
 
 
 def test_no_unsafe_yaml_pickle_or_shell():
-    forbidden = {"yaml.load", "yaml.unsafe_load", "yaml.full_load", "pickle.load", "pickle.loads", "os.system",
-                 "os.popen", "subprocess.run", "subprocess.Popen", "subprocess.call", "subprocess.check_call",
-                 "subprocess.check_output", "eval", "exec"}
+    forbidden = {"yaml.load", "yaml.unsafe_load", "yaml.full_load", "pickle.load", "pickle.loads",
+                 "os.system", "os.popen", "subprocess.run", "subprocess.Popen", "subprocess.call",
+                 "subprocess.check_call", "subprocess.check_output", "eval", "exec"}
     assert [(where, name) for where, name, _ in _calls() if name in forbidden] == []
     safe = [where for where, name, _ in _calls() if name == "yaml.safe_load"]
     assert safe, "pipelines are read with yaml.safe_load"

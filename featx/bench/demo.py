@@ -24,7 +24,7 @@ def demo_pipeline(cache_dir: str | os.PathLike = "cache", data: str | None = Non
         root = generate(Path(cache_dir) / "demo-textures", size=TEXTURE_SIZE)
         train, val, test = str(root / "train"), None, str(root / "test")
         extract = {"image_size": TEXTURE_SIZE}
-    elif os.path.isdir(data) and os.path.isdir(os.path.join(data, "train")) and os.path.isdir(os.path.join(data, "test")):
+    elif all(os.path.isdir(os.path.join(data, split)) for split in ("", "train", "test")):
         train, test = os.path.join(data, "train"), os.path.join(data, "test")
         val = os.path.join(data, "val") if os.path.isdir(os.path.join(data, "val")) else None
     else:

@@ -42,11 +42,13 @@ import yaml
 from ..core.errors import FeatxError
 from ..heads import HEADS
 
+
 class PipelineError(FeatxError):
     """A pipeline file that cannot be read or does not follow the schema."""
 
 
-_TRAINING = {"backbones": [str], "epochs": int, "batch_size": int, "accumulate": int, "optimizer": ("adamw", "sgd"),
+_TRAINING = {"backbones": [str], "epochs": int, "batch_size": int, "accumulate": int,
+             "optimizer": ("adamw", "sgd"),
              "lr": float, "patience": int, "image_size": int, "precision": ("auto", "fp32", "bf16", "fp16"),
              "shots": [int]}
 _SCHEMA = {
@@ -139,15 +141,19 @@ def from_dict(raw, origin: str = "pipeline") -> Pipeline:
     data, eff = d["data"], d.get("report", {}).get("efficiency", {})
     stray = [h for h in eff.get("heads", []) if h not in d["heads"]]
     if stray:
-        raise PipelineError(f"{origin}: report.efficiency.heads names {', '.join(stray)}, which heads does not list")
-    for where, v in (("data.test_fraction", data.get("test_fraction")), ("val_fraction", d.get("val_fraction"))):
+        raise PipelineError(f"{origin}: report.efficiency.heads names {', '.join(stray)}, "
+                            "which heads does not list")
+    for where, v in (("data.test_fraction", data.get("test_fraction")),
+                     ("val_fraction", d.get("val_fraction"))):
         if v is not None and not 0 < v < 1:
             raise PipelineError(f"{origin}: {where} must lie between 0 and 1, got {v}")
-    for key, v in [*d.get("extract", {}).items(), *data.get("per_class", {}).items(), ("report.efficiency.draws", eff.get("draws", 1)),
+    for key, v in [*d.get("extract", {}).items(), *data.get("per_class", {}).items(),
+                   ("report.efficiency.draws", eff.get("draws", 1)),
                    *(("report.efficiency.shots", s) for s in eff.get("shots", [])),
                    *((f"{st}.{k}", v) for st in ("finetune", "scratch") for k, v in (d.get(st) or {}).items()
                      if k != "lr"),
-                   *((f"{st}.shots", v) for st in ("finetune", "scratch") for v in (d.get(st) or {}).get("shots", []))]:
+                   *((f"{st}.shots", v) for st in ("finetune", "scratch")
+                     for v in (d.get(st) or {}).get("shots", []))]:
         if isinstance(v, int) and v < (0 if key == "workers" else 1):
             raise PipelineError(f"{origin}: {key} must be at least {0 if key == 'workers' else 1}, got {v}")
     for st in ("finetune", "scratch"):
@@ -169,7 +175,8 @@ def from_dict(raw, origin: str = "pipeline") -> Pipeline:
     for stage in ("finetune", "scratch"):
         for name in (d.get(stage) or {}).get("backbones", []):
             if name not in p.backbones:
-                raise PipelineError(f"{origin}: {stage}.backbones names {name!r}, which backbones does not list")
+                raise PipelineError(f"{origin}: {stage}.backbones names {name!r}, "
+                                    "which backbones does not list")
     return p
 
 

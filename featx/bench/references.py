@@ -33,8 +33,8 @@ class Reference:
 REFERENCES = (
     *(Reference(d, "torchvision:resnet50:IMAGENET1K_V1", "logreg", m, v, _ERICSSON) for d, m, v in (
         ("cifar10", ACCURACY, 0.9142), ("cifar100", ACCURACY, 0.7390), ("dtd", ACCURACY, 0.7223),
-        ("flowers102", MEAN_PER_CLASS, 0.8993), ("pets", MEAN_PER_CLASS, 0.9145), ("food101", ACCURACY, 0.6949),
-        ("caltech101", MEAN_PER_CLASS, 0.9018))),
+        ("flowers102", MEAN_PER_CLASS, 0.8993), ("pets", MEAN_PER_CLASS, 0.9145),
+        ("food101", ACCURACY, 0.6949), ("caltech101", MEAN_PER_CLASS, 0.9018))),
     Reference("hymenoptera", "efficientnet_lite0", "logreg", ACCURACY, 0.941, _SHARED),
     Reference("cifar10", "efficientnet_lite0", "logreg", ACCURACY, 0.784,
               _SHARED + "; 5,000 random training and 2,000 random test images", n_train=5000, n_test=2000),
@@ -47,6 +47,7 @@ def reference_for(dataset: str, backbone: str, method: str, n_train: int, n_test
     for r in REFERENCES:
         if (r.dataset, r.backbone, r.method) != (dataset, backbone, method):
             continue
-        if (r.n_train is None) == (not subset) and (r.n_train is None or (r.n_train, r.n_test) == (n_train, n_test)):
+        whole = r.n_train is None
+        if whole == (not subset) and (whole or (r.n_train, r.n_test) == (n_train, n_test)):
             return r
     return None

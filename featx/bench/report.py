@@ -17,7 +17,8 @@ from ..core.files import write_bytes
 
 _RESULT = {
     "type": "object",
-    "required": ["backbone", "method", "n_train", "test_accuracy", "balanced_accuracy", "macro_f1", "fit_seconds"],
+    "required": ["backbone", "method", "n_train", "test_accuracy", "balanced_accuracy", "macro_f1",
+                 "fit_seconds"],
     "properties": {
         "dataset": {"type": "string"}, "backbone": {"type": "string"}, "method": {"type": "string"},
         "n_train": {"type": "integer", "minimum": 1},
@@ -106,10 +107,11 @@ def summary(report: dict) -> list[str]:
 
 
 def _results_table(report: dict) -> list[list[str]]:
-    head = ["backbone", "method", "test accuracy", "balanced accuracy", "macro-F1", "n_train", "fit s", "val accuracy", "best"]
+    head = ["backbone", "method", "test accuracy", "balanced accuracy", "macro-F1", "n_train", "fit s",
+            "val accuracy", "best"]
     body = [[r["backbone"], method_label(r), _pct(r["test_accuracy"]), _pct(r["balanced_accuracy"]),
-             f"{r['macro_f1']:.3f}", str(r["n_train"]), f"{r['fit_seconds']:.2f}", _pct(r.get("val_accuracy")),
-             "★" if r.get("best") else ""] for r in report["results"]]
+             f"{r['macro_f1']:.3f}", str(r["n_train"]), f"{r['fit_seconds']:.2f}",
+             _pct(r.get("val_accuracy")), "★" if r.get("best") else ""] for r in report["results"]]
     return [head, *body]
 
 
@@ -131,7 +133,8 @@ def _per_class_table(report: dict) -> list[list[str]]:
 
 def _extraction_table(report: dict) -> list[list[str]]:
     return [["backbone", "images", "images/s", "precision", "device", "feature dim"]] + [
-        [e["backbone"], str(e["images"]), "-" if e["images_per_second"] is None else f"{e['images_per_second']:.1f}",
+        [e["backbone"], str(e["images"]),
+         "-" if e["images_per_second"] is None else f"{e['images_per_second']:.1f}",
          e.get("precision", ""), e.get("device", ""), str(e.get("dim", ""))] for e in report["extraction"]]
 
 
@@ -179,7 +182,8 @@ def _figures(report: dict) -> dict[str, bytes]:
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        ax.set_title("Data efficiency (heads: mean ± s.d. over random draws; networks: one draw)", fontsize=9)
+        ax.set_title("Data efficiency (heads: mean ± s.d. over random draws; networks: one draw)",
+                     fontsize=9)
         figs["efficiency.png"] = _png(fig, plt)
     return figs
 
@@ -208,28 +212,31 @@ def _sections(report: dict, figs: dict[str, bytes]) -> list[tuple[str, str, obje
     """(title, kind, content) in reading order; kind is text, table or figure."""
     d = report.get("data", {})
     data_lines = [f"train: {d.get('train')} ({d.get('n_train')} images)",
-                  f"validation: {d.get('validation')}" + (f" ({d['n_val']} images)" if d.get("n_val") else ""),
+                  f"validation: {d.get('validation')}"
+                  + (f" ({d['n_val']} images)" if d.get("n_val") else ""),
                   f"test: {d.get('test')} ({d.get('n_test')} images), scored once",
                   f"classes: {', '.join(d.get('classes', []))}"]
     out = [("Summary", "text", summary(report)), ("Data", "text", data_lines),
            ("Results", "table", _results_table(report)), ("Protocol", "text", [report.get("protocol", "")])]
     if any(r["method"] in ("finetune", "scratch") for r in report["results"]):
         out.append(("Trained networks", "table", _networks_table(report)))
-    out += [(f"Best method: {report['best']['backbone']} + {report['best']['method']}", "table", _per_class_table(report)),
+    out += [(f"Best method: {report['best']['backbone']} + {report['best']['method']}", "table",
+             _per_class_table(report)),
             ("Confusion matrix", "figure", "confusion.png")]
     if "efficiency.png" in figs:
         out.append(("Data efficiency", "figure", "efficiency.png"))
     out += [("Extraction speed", "table", _extraction_table(report))]
     if report.get("skipped"):
-        out.append(("Skipped files", "text", [f"{s['split']}/{s['key']}: {s['reason']}" for s in report["skipped"]
+        out.append(("Skipped files", "text",
+                    [f"{s['split']}/{s['key']}: {s['reason']}" for s in report["skipped"]
                                                if s["backbone"] == report["extraction"][0]["backbone"]]))
     out.append(("Environment", "table", environment_table(report)))
     return out
 
 
 def to_markdown(report: dict, figs: dict[str, bytes]) -> str:
-    return markdown(f"featx report: {report['name']}", f"{report.get('created', '')}, {report.get('seconds', '')} s",
-                    _sections(report, figs))
+    return markdown(f"featx report: {report['name']}",
+                    f"{report.get('created', '')}, {report.get('seconds', '')} s", _sections(report, figs))
 
 
 def markdown(title: str, subtitle: str, sections: list[tuple[str, str, object]]) -> str:
@@ -247,16 +254,19 @@ def markdown(title: str, subtitle: str, sections: list[tuple[str, str, object]])
 
 
 _CSS = ("body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
-        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}"
+        "table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px "
+        "8px;text-align:left}"
         "th{background:#f3f3f3}img{max-width:100%}h1{font-size:1.5em}h2{font-size:1.15em;margin-top:1.6em}")
 
 
 def to_html(report: dict, figs: dict[str, bytes]) -> str:
-    return html_page(f"featx report: {report['name']}", f"{report.get('created', '')}, {report.get('seconds', '')} s",
+    return html_page(f"featx report: {report['name']}",
+                     f"{report.get('created', '')}, {report.get('seconds', '')} s",
                      _sections(report, figs), figs)
 
 
-def html_page(title: str, subtitle: str, sections: list[tuple[str, str, object]], figs: dict[str, bytes]) -> str:
+def html_page(title: str, subtitle: str, sections: list[tuple[str, str, object]],
+              figs: dict[str, bytes]) -> str:
     """A self-contained HTML page of (title, kind, content) sections, figures embedded."""
     parts = [f"<h1>{html.escape(title)}</h1>", f"<p><em>{html.escape(subtitle)}</em></p>"]
     for heading, kind, content in sections:

@@ -35,8 +35,10 @@ from .report import method_label, write_report
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = ("heads: hyper-parameters chosen on the validation split, the chosen model refit on train + validation; "
-            "trained networks: the epoch chosen on the validation split, trained on train only; the test split "
+PROTOCOL = ("heads: hyper-parameters chosen on the validation split, the chosen model refit on train + "
+            "validation; "
+            "trained networks: the epoch chosen on the validation split, trained on train only; the test "
+            "split "
             "scored once; best = highest validation accuracy")
 
 
@@ -118,7 +120,8 @@ def _features(p: Pipeline, sources: dict, backbone: str, cache_dir) -> BackboneF
 def _hold_out_test(p: Pipeline, tr: Split) -> tuple[Split, Split]:
     """A stratified share of train held out as the test split."""
     try:
-        a, b = train_test_split(np.arange(len(tr.y)), test_size=p.test_fraction, stratify=tr.y, random_state=p.seed)
+        a, b = train_test_split(np.arange(len(tr.y)), test_size=p.test_fraction, stratify=tr.y,
+                                random_state=p.seed)
     except ValueError as exc:
         raise PipelineError(f"{p.train}: cannot hold out a stratified test split ({exc})") from None
     a, b = np.sort(a), np.sort(b)
@@ -150,10 +153,12 @@ def _efficiency(p: Pipeline, backbone: str, head: str, *, X, y, test: Split, mai
         accs = []
         for draw in range(p.draws):
             rng = np.random.default_rng([p.seed, n, draw])
-            idx = np.concatenate([rng.choice(np.flatnonzero(y == k), n, replace=False) for k in range(len(counts))])
+            idx = np.concatenate([rng.choice(np.flatnonzero(y == k), n, replace=False)
+                                  for k in range(len(counts))])
             model, _, _ = fit(X[idx], y[idx], head, val_fraction=p.val_fraction, seed=p.seed)
             accs.append(float(np.mean(model.predict(test.X) == test.y)))
-        points.append({"per_class": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)), "draws": accs})
+        points.append({"per_class": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)),
+                       "draws": accs})
     points.append({"per_class": round(len(y) / len(counts), 1), "mean": main["test_accuracy"], "std": 0.0,
                    "draws": [main["test_accuracy"]], "all": True})
     return {"backbone": backbone, "method": head, "points": points}
@@ -164,7 +169,9 @@ def _fit_heads(p: Pipeline, backbone: str, feats: BackboneFeatures, out: Path):
     curves, (y_true, y_pred) per row's method)."""
     X, y, val_mask = feats.training_rows()
     te = feats.splits["test"]
-    eff_heads = p.efficiency_heads if p.efficiency_heads is not None else [h for h in p.heads if h in CHEAP_HEADS]
+    eff_heads = p.efficiency_heads
+    if eff_heads is None:
+        eff_heads = [h for h in p.heads if h in CHEAP_HEADS]
     rows, curves, details = [], [], {}
     for head in p.heads:
         log.info("%s: fitting %s", backbone, head)
@@ -192,10 +199,12 @@ def _data(p: Pipeline, feats: BackboneFeatures) -> dict:
     """The report's description of the splits."""
     n_val = len(feats.splits["val"].y) if "val" in feats.splits else 0
     return {
-        "train": p.train, "val": p.val, "test": p.test or f"{p.test_fraction:.0%} of train, stratified, seed {p.seed}",
+        "train": p.train, "val": p.val,
+        "test": p.test or f"{p.test_fraction:.0%} of train, stratified, seed {p.seed}",
         "classes": feats.classes, "n_train": len(feats.splits["train"].y), "n_val": n_val,
         "n_test": len(feats.splits["test"].y),
-        "validation": "the val source" if p.val else f"a stratified {p.val_fraction:.0%} of train, seed {p.seed}",
+        "validation": "the val source" if p.val else f"a stratified {p.val_fraction:.0%} of train, seed "
+                                                     f"{p.seed}",
     }
 
 
@@ -209,7 +218,8 @@ def _best(results: list[dict], details: dict, classes: list[str]) -> dict:
     prec, rec, f1, support = precision_recall_fscore_support(y_true, y_best, labels=labels, zero_division=0)
     return {"backbone": best["backbone"], "method": method_label(best),
             "confusion_matrix": confusion_matrix(y_true, y_best, labels=labels).tolist(),
-            "per_class": [{"class": c, "precision": float(a), "recall": float(b), "f1": float(f), "support": int(s)}
+            "per_class": [{"class": c, "precision": float(a), "recall": float(b), "f1": float(f),
+                           "support": int(s)}
                           for c, a, b, f, s in zip(classes, prec, rec, f1, support)]}
 
 
@@ -223,7 +233,8 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
     """
     out = Path(out_dir)
     started = time.perf_counter()
-    sources = {s: open_source(spec) for s, spec in (("train", p.train), ("val", p.val), ("test", p.test)) if spec}
+    specs = {"train": p.train, "val": p.val, "test": p.test}
+    sources = {split: open_source(spec) for split, spec in specs.items() if spec}
     for split, n in p.per_class.items():
         if split in sources:
             sources[split] = SubsetSource(sources[split], n, p.seed)
@@ -238,8 +249,8 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
         if p.finetune is not None or p.scratch is not None:
             from .stages import run_stages
 
-            trained = run_stages(p, backbone, sources=sources, splits=feats.splits, out=out, cache_dir=cache_dir,
-                                 extract_options=extract_options(p))
+            trained = run_stages(p, backbone, sources=sources, splits=feats.splits, out=out,
+                                 cache_dir=cache_dir, extract_options=extract_options(p))
             rows, curves, more = rows + trained[0], curves + trained[1], {**more, **trained[2]}
         results += rows
         efficiency += curves

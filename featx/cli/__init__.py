@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"featx: error: {exc.as_flag() if isinstance(exc, ParameterError) else exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("featx: interrupted; committed batches are kept and the next run resumes from them", file=sys.stderr)
+        print("featx: interrupted; committed batches are kept and the next run resumes from them",
+              file=sys.stderr)
         return 130
 
 

@@ -28,10 +28,11 @@ def cmd_extract(args) -> int:
 
 def cmd_train(args) -> int:
     b = api.train(args.features, args.head, out=args.out, val=args.val, layer=args.layer,
-                  val_fraction=args.val_fraction, seed=args.seed, n_jobs=args.n_jobs, sweep_backend=args.sweep_backend,
-                  scheduler=args.scheduler, cache_dir=args.cache)
+                  val_fraction=args.val_fraction, seed=args.seed, n_jobs=args.n_jobs,
+                  sweep_backend=args.sweep_backend, scheduler=args.scheduler, cache_dir=args.cache)
     m = b.metrics
-    chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m["best_params"].items())
+    chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in m["best_params"].items())
     val_text = "no validation split (too few images)" if m["val_accuracy"] is None else \
         f"validation accuracy {100 * m['val_accuracy']:.1f} %"
     print(f"{args.head} on {m['n_train']} images in {m['fit_seconds']:.1f} s: {val_text}"
@@ -42,24 +43,27 @@ def cmd_train(args) -> int:
 
 def cmd_predict(args) -> int:
     result = api.predict(args.model, args.data, out=args.out, top_k=args.top_k, weights=args.weights,
-                         cache_dir=args.cache, batch_size=args.batch_size, device=args.device, workers=args.workers,
-                         on_error=args.on_error)
+                         cache_dir=args.cache, batch_size=args.batch_size, device=args.device,
+                         workers=args.workers, on_error=args.on_error)
     acc = result.accuracy
     print(f"{len(result.keys)} images labelled, {len(result.skipped)} skipped"
-          + ("" if acc is None else f"; accuracy against their folder labels {100 * acc:.2f} %"), file=sys.stderr)
+          + ("" if acc is None else f"; accuracy against their folder labels {100 * acc:.2f} %"),
+          file=sys.stderr)
     print(args.out)
     return 0
 
 
 def cmd_finetune(args) -> int:
     r = api.finetune(args.data, args.backbone, args.out, val=args.val, test=args.test, strategy=args.strategy,
-                     scratch=args.scratch, epochs=args.epochs, batch_size=args.batch_size, accumulate=args.accumulate,
-                     optimizer=args.optimizer, lr=args.lr, last_k=args.last_k, patience=args.patience,
+                     scratch=args.scratch, epochs=args.epochs, batch_size=args.batch_size,
+                     accumulate=args.accumulate, optimizer=args.optimizer, lr=args.lr, last_k=args.last_k,
+                     patience=args.patience,
                      val_fraction=args.val_fraction, image_size=args.image_size, weights=args.weights,
                      precision=args.precision, device=args.device, workers=args.workers, seed=args.seed,
                      resume=args.resume, cache_dir=args.cache)
     test = "" if r.test is None else f", test accuracy {100 * r.test['test_accuracy']:.2f} %"
-    print(f"{r.method}: best epoch {r.best_epoch} of {r.epochs_run}, validation accuracy {100 * r.val_accuracy:.1f} %"
+    print(f"{r.method}: best epoch {r.best_epoch} of {r.epochs_run}, validation accuracy "
+          f"{100 * r.val_accuracy:.1f} %"
           f"{test}; {r.seconds:.0f} s, training at {r.train_images_per_second:.1f} images/s", file=sys.stderr)
     print(r.model)
     return 0
@@ -101,8 +105,9 @@ def cmd_bench(args) -> int:
         finetune = {"strategies": ["lp_ft"], **({"epochs": args.epochs} if args.epochs else {})}
     elif args.epochs:
         raise FeatxError("--epochs sets the fine-tuning's epochs; add --finetune")
-    suite = run_bench(args.datasets, args.backbones, args.heads, args.out, root=args.root, cache_dir=args.cache,
-                      finetune=finetune, extract=extract, per_class=args.per_class, seed=args.seed)
+    suite = run_bench(args.datasets, args.backbones, args.heads, args.out, root=args.root,
+                      cache_dir=args.cache, finetune=finetune, extract=extract, per_class=args.per_class,
+                      seed=args.seed)
     for line in summary(suite):
         print(line, file=sys.stderr)
     print(f"report: {os.path.join(args.out, 'report.html')}")

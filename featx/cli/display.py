@@ -24,8 +24,8 @@ class _StderrHandler(logging.Handler):
 def _tqdm_bar(total: int, desc: str, unit: str, initial: int, transient: bool) -> progress.Bar:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, initial=initial, unit_scale=unit == "B", leave=not transient,
-                file=sys.stderr, smoothing=0.1)
+    return tqdm(total=total, desc=desc, unit=unit, initial=initial, unit_scale=unit == "B",
+                leave=not transient, file=sys.stderr, smoothing=0.1)
 
 
 class _StageLines(progress.Bar):

@@ -74,7 +74,8 @@ def _precision(p: argparse.ArgumentParser, auto: str) -> None:
 
 def _workers(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=_non_negative, metavar="N",
-                   help="decoding processes (default: one per core, at most 8; beside a GPU all cores but two)")
+                   help="decoding processes (default: one per core, at most 8; beside a GPU all cores but "
+                        "two)")
 
 
 def _seed(p: argparse.ArgumentParser, what: str) -> None:
@@ -82,20 +83,24 @@ def _seed(p: argparse.ArgumentParser, what: str) -> None:
 
 
 def _extract(sub) -> None:
-    e = sub.add_parser("extract", help="embed every image of a source into the cache; prints the store's path")
+    e = sub.add_parser("extract",
+                       help="embed every image of a source into the cache; prints the store's path")
     e.add_argument("--data", required=True, metavar="SRC",
                    help="folder (root/<class>/<image>), archive.tar[:prefix], manifest.csv, or 'sample'")
     e.add_argument("--backbone", required=True, metavar="NAME",
-                   help="efficientnet_lite0|1|2, pixels, timm:<model> or torchvision:<model>[:<weights enum>]")
+                   help="efficientnet_lite0|1|2, pixels, timm:<model> or torchvision:<model>[:<weights>]")
     e.add_argument("--weights", metavar="FILE", help="local state dict for the backbone's architecture")
     e.add_argument("--layers", metavar="A,B", default="", help="also store these named stages, each pooled")
     _cache(e)
-    e.add_argument("--image-size", type=_positive, metavar="N", help="input resolution (default: the weights')")
-    e.add_argument("--batch-size", type=_positive, metavar="N", help="images per batch (default: 64 on the CPU, 256 on CUDA)")
+    e.add_argument("--image-size", type=_positive, metavar="N",
+                   help="input resolution (default: the weights')")
+    e.add_argument("--batch-size", type=_positive, metavar="N",
+                   help="images per batch (default: 64 on the CPU, 256 on CUDA)")
     _precision(e, "bfloat16 where the hardware runs it natively, else fp16 on CUDA, fp32 on the CPU")
     _device(e)
     e.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
-                   help="where JPEGs are decoded and resized: CPU workers, or batched on the CUDA device (nvJPEG)")
+                   help="where JPEGs are decoded and resized: CPU workers, or batched on the CUDA device "
+                        "(nvJPEG)")
     _workers(e)
     e.add_argument("--commit-rows", type=_positive, default=2048, metavar="N",
                    help="images per journal commit: a killed run loses at most this many (default 2048)")
@@ -103,34 +108,44 @@ def _extract(sub) -> None:
 
 
 def _train(sub) -> None:
-    t = sub.add_parser("train", help="fit one head (with its hyper-parameter sweep) on a store; writes a model file")
-    t.add_argument("--features", required=True, metavar="STORE", help="a store's path, or its name in the cache")
+    t = sub.add_parser("train",
+                       help="fit one head (with its hyper-parameter sweep) on a store; writes a model file")
+    t.add_argument("--features", required=True, metavar="STORE",
+                   help="a store's path, or its name in the cache")
     t.add_argument("--head", required=True, metavar="NAME",
                    help="logreg, linear_svm, ridge, knn, nearest_centroid, mlp or hgb")
     t.add_argument("--out", required=True, metavar="FILE",
                    help="model file to write, joblib or .skops (a .json sidecar goes beside it)")
-    t.add_argument("--val", metavar="STORE", help="a store of validation images (default: a split of --features)")
+    t.add_argument("--val", metavar="STORE",
+                   help="a store of validation images (default: a split of --features)")
     t.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
                    help="share of --features held out for validation when there is no --val (default 0.2)")
     t.add_argument("--layer", default=DEFAULT_LAYER, metavar="NAME",
                    help=f"which stored features to use (default {DEFAULT_LAYER})")
     _seed(t, "the validation split")
     _cache(t)
-    t.add_argument("--n-jobs", type=int, metavar="N", help="run the sweep as N parallel tasks (-1: all workers)")
+    t.add_argument("--n-jobs", type=int, metavar="N",
+                   help="run the sweep as N parallel tasks (-1: all workers)")
     t.add_argument("--sweep-backend", choices=["loky", "dask", "ray"], default="loky",
                    help="where the sweep's tasks run: local processes, a dask or a Ray cluster")
-    t.add_argument("--scheduler", metavar="ADDRESS", help="the dask scheduler or Ray cluster (default: a local one)")
+    t.add_argument("--scheduler", metavar="ADDRESS",
+                   help="the dask scheduler or Ray cluster (default: a local one)")
 
 
 def _predict(sub) -> None:
     pr = sub.add_parser("predict", help="label images end-to-end with a model file; writes a CSV")
-    pr.add_argument("--model", required=True, metavar="FILE", help="a model file from train or run, or a fine-tune's model.pt")
-    pr.add_argument("--data", required=True, metavar="SRC", help="the images to label, any source extract takes")
+    pr.add_argument("--model", required=True, metavar="FILE",
+                    help="a model file from train or run, or a fine-tune's model.pt")
+    pr.add_argument("--data", required=True, metavar="SRC",
+                    help="the images to label, any source extract takes")
     pr.add_argument("--out", required=True, metavar="CSV", help="the CSV to write: one row per image")
-    pr.add_argument("--top-k", type=_positive, default=3, metavar="K", help="classes listed per image (default 3)")
-    pr.add_argument("--weights", metavar="FILE", help="the backbone's weights file, if the model was trained on one")
+    pr.add_argument("--top-k", type=_positive, default=3, metavar="K",
+                    help="classes listed per image (default 3)")
+    pr.add_argument("--weights", metavar="FILE",
+                    help="the backbone's weights file, if the model was trained on one")
     _cache(pr)
-    pr.add_argument("--batch-size", type=_positive, metavar="N", help="images per batch (default: 64 on the CPU, 256 on CUDA)")
+    pr.add_argument("--batch-size", type=_positive, metavar="N",
+                    help="images per batch (default: 64 on the CPU, 256 on CUDA)")
     _device(pr)
     _workers(pr)
     _on_error(pr)
@@ -141,23 +156,32 @@ def _finetune(sub) -> None:
                        "DIR/model.pt and DIR/metrics.json")
     f.add_argument("--data", required=True, metavar="SRC", help="training images (labelled by folder)")
     f.add_argument("--backbone", required=True, metavar="NAME", help="a backbone extract takes (not pixels)")
-    f.add_argument("--out", required=True, metavar="DIR", help="run folder: checkpoints, model.pt, metrics.json")
+    f.add_argument("--out", required=True, metavar="DIR",
+                   help="run folder: checkpoints, model.pt, metrics.json")
     f.add_argument("--val", metavar="SRC", help="validation images (default: --val-fraction of --data)")
     f.add_argument("--test", metavar="SRC", help="test images, scored once with the best epoch")
     f.add_argument("--strategy", metavar="NAME", help="what trains: lp_ft (default), full, last_k or head")
-    f.add_argument("--scratch", action="store_true", help="random initialisation instead of the pretrained weights")
-    f.add_argument("--epochs", type=_positive, default=10, metavar="N", help="at most this many epochs (default 10)")
-    f.add_argument("--batch-size", type=_positive, default=32, metavar="N", help="images per batch (default 32)")
-    f.add_argument("--accumulate", type=_positive, default=1, metavar="N", help="batches per optimizer step (default 1)")
-    f.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw", help="AdamW (default) or SGD with momentum")
+    f.add_argument("--scratch", action="store_true",
+                   help="random initialisation instead of the pretrained weights")
+    f.add_argument("--epochs", type=_positive, default=10, metavar="N",
+                   help="at most this many epochs (default 10)")
+    f.add_argument("--batch-size", type=_positive, default=32, metavar="N",
+                   help="images per batch (default 32)")
+    f.add_argument("--accumulate", type=_positive, default=1, metavar="N",
+                   help="batches per optimizer step (default 1)")
+    f.add_argument("--optimizer", choices=["adamw", "sgd"], default="adamw",
+                   help="AdamW (default) or SGD with momentum")
     f.add_argument("--lr", type=float, metavar="LR",
-                   help="the classifier's learning rate (default 1e-3 AdamW, 1e-2 SGD; a tenth of that for lp_ft)")
-    f.add_argument("--last-k", type=_positive, default=2, metavar="K", help="stages trained by --strategy last_k (default 2)")
+                   help="the classifier's learning rate (default 1e-3 AdamW, 1e-2 SGD; a tenth of that for "
+                        "lp_ft)")
+    f.add_argument("--last-k", type=_positive, default=2, metavar="K",
+                   help="stages trained by --strategy last_k (default 2)")
     f.add_argument("--patience", type=_positive, default=3, metavar="N",
                    help="stop after N epochs without a better validation accuracy (default 3)")
     f.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
                    help="share of --data held out for validation when there is no --val (default 0.2)")
-    f.add_argument("--image-size", type=_positive, metavar="N", help="training resolution (default: the weights')")
+    f.add_argument("--image-size", type=_positive, metavar="N",
+                   help="training resolution (default: the weights')")
     f.add_argument("--weights", metavar="FILE", help="local state dict for the backbone")
     _precision(f, "bfloat16 or fp16 on CUDA; fp32 on the CPU when gradients flow through the network")
     _device(f)
@@ -176,42 +200,55 @@ def _run(sub) -> None:
 
 
 def _demo(sub) -> None:
-    d = sub.add_parser("demo", help="the whole pipeline on a built-in generated dataset (offline), or on --data")
+    d = sub.add_parser("demo",
+                       help="the whole pipeline on a built-in generated dataset (offline), or on --data")
     d.add_argument("--out", default=os.path.join("reports", "demo"), metavar="DIR",
                    help="output folder (default: reports/demo)")
-    d.add_argument("--data", metavar="SRC", help="your images instead (folder with train/ and test/, or any source)")
+    d.add_argument("--data", metavar="SRC",
+                   help="your images instead (folder with train/ and test/, or any source)")
     _cache(d, "embedding stores and the generated dataset")
 
 
 def _bench(sub) -> None:
-    b = sub.add_parser("bench", help="datasets x backbones x methods in one report, with published figures beside")
+    b = sub.add_parser("bench",
+                       help="datasets x backbones x methods in one report, with published figures beside")
     b.add_argument("--datasets", required=True, type=_names, metavar="A,B", help="from featx datasets list")
     b.add_argument("--backbones", required=True, type=_names, metavar="X,Y", help="backbones extract takes")
-    b.add_argument("--heads", type=_names, default=["logreg"], metavar="H,..", help="default: logreg, the linear probe")
-    b.add_argument("--finetune", action="store_true", help="also fine-tune each backbone (LP-FT) on each dataset")
-    b.add_argument("--epochs", type=_positive, metavar="N", help="fine-tuning epochs (default: the pipeline's)")
+    b.add_argument("--heads", type=_names, default=["logreg"], metavar="H,..",
+                   help="default: logreg, the linear probe")
+    b.add_argument("--finetune", action="store_true",
+                   help="also fine-tune each backbone (LP-FT) on each dataset")
+    b.add_argument("--epochs", type=_positive, metavar="N",
+                   help="fine-tuning epochs (default: the pipeline's)")
     b.add_argument("--per-class", type=_per_class, default={}, metavar="SPLIT=N,..",
                    help="a seeded subset, e.g. train=500,test=200 images per class")
-    b.add_argument("--image-size", type=_positive, metavar="N", help="input resolution (default: the weights')")
-    b.add_argument("--batch-size", type=_positive, metavar="N", help="images per batch (default: 64 on the CPU, 256 on CUDA)")
+    b.add_argument("--image-size", type=_positive, metavar="N",
+                   help="input resolution (default: the weights')")
+    b.add_argument("--batch-size", type=_positive, metavar="N",
+                   help="images per batch (default: 64 on the CPU, 256 on CUDA)")
     _device(b)
     _seed(b, "the subsets and splits")
-    b.add_argument("--root", default=DEFAULT_DATA, metavar="DIR", help=f"datasets folder (default: {DEFAULT_DATA})")
+    b.add_argument("--root", default=DEFAULT_DATA, metavar="DIR",
+                   help=f"datasets folder (default: {DEFAULT_DATA})")
     b.add_argument("--out", default=os.path.join("reports", "bench"), metavar="DIR",
                    help="output folder (default: reports/bench)")
     _cache(b)
 
 
 def _datasets(sub) -> None:
-    ds = sub.add_parser("datasets", help="the standard transfer datasets: list them, or fetch one in featx's layout")
+    ds = sub.add_parser("datasets",
+                        help="the standard transfer datasets: list them, or fetch one in featx's layout")
     dsub = ds.add_subparsers(dest="action", required=True, metavar="ACTION")
     dl = dsub.add_parser("list", help="the datasets featx can fetch, and which are under --root")
-    dl.add_argument("--root", default=DEFAULT_DATA, metavar="DIR", help=f"datasets folder (default: {DEFAULT_DATA})")
+    dl.add_argument("--root", default=DEFAULT_DATA, metavar="DIR",
+                    help=f"datasets folder (default: {DEFAULT_DATA})")
     dg = dsub.add_parser("get", help="download (or take --archive), verify and convert; prints the folder")
     dg.add_argument("name", metavar="NAME", help="a name featx datasets list shows")
-    dg.add_argument("--root", default=DEFAULT_DATA, metavar="DIR", help=f"where datasets go (default: {DEFAULT_DATA})")
+    dg.add_argument("--root", default=DEFAULT_DATA, metavar="DIR",
+                    help=f"where datasets go (default: {DEFAULT_DATA})")
     dg.add_argument("--archive", action="append", default=[], metavar="FILE",
-                    help="a copy of the dataset's archive fetched by hand (repeat for datasets of several files)")
+                    help="a copy of the dataset's archive fetched by hand (repeat for datasets of several "
+                         "files)")
 
 
 def _cache_commands(sub) -> None:
@@ -226,7 +263,8 @@ def _cache_commands(sub) -> None:
         a = csub.add_parser(name, help=helptext)
         _cache(a)
         if nargs is not None:
-            a.add_argument("stores", nargs=nargs, metavar="STORE", help="a path, or a store's name in the cache")
+            a.add_argument("stores", nargs=nargs, metavar="STORE",
+                           help="a path, or a store's name in the cache")
         if name == "info":
             a.add_argument("--json", action="store_true", help="everything, as JSON")
         if name == "rm":

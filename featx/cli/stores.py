@@ -53,12 +53,16 @@ def describe(i: dict) -> list[tuple[str, str]]:
     lines = [
         ("store", i["path"]),
         ("source", prov.get("source", "-")),
-        ("backbone", f"{bb.get('name', '-')} ({bb.get('architecture', '-')}), weights {bb.get('weights', '-')}, "
+        ("backbone",
+         f"{bb.get('name', '-')} ({bb.get('architecture', '-')}), weights {bb.get('weights', '-')}, "
                      f"SHA-256 {bb.get('weights_sha256', '')[:16] or '-'}"),
-        ("preprocessing", f"{pre.get('image_size')} px, resize {pre.get('resize_size')} {pre.get('interpolation')}, "
+        ("preprocessing",
+         f"{pre.get('image_size')} px, resize {pre.get('resize_size')} {pre.get('interpolation')}, "
                           f"mean {pre.get('mean')}, std {pre.get('std')}, decode {pre.get('decode')}"),
-        ("precision", f"{prov.get('precision')} on {prov.get('device')}, runtime {prov.get('runtime', 'eager')}"),
-        ("rows", f"{i['rows']:,} images in {len(i['classes'])} classes ({', '.join(i['classes']) or 'unlabelled'})"),
+        ("precision",
+         f"{prov.get('precision')} on {prov.get('device')}, runtime {prov.get('runtime', 'eager')}"),
+        ("rows",
+         f"{i['rows']:,} images in {len(i['classes'])} classes ({', '.join(i['classes']) or 'unlabelled'})"),
         ("features", ", ".join(f"{name} {shape[1]}" for name, shape in i["features"].items())),
         ("embedded", f"{made.get('images', 0):,} images in {made.get('seconds', 0.0):.1f} s{speed}"),
         ("created", f"{prov.get('created')} by featx {prov.get('featx')}, torch {prov.get('torch')}, "
@@ -77,7 +81,8 @@ def cmd_cache(args) -> int:
     if args.action == "info":
         i = store.info(store.resolve(args.cache, args.stores[0]))
         width = max(len(k) for k, _ in describe(i))
-        print(json.dumps(i, indent=2) if args.json else "\n".join(f"{k:<{width}}  {v}" for k, v in describe(i)))
+        text = "\n".join(f"{k:<{width}}  {v}" for k, v in describe(i))
+        print(json.dumps(i, indent=2) if args.json else text)
         return 0
     if args.action == "verify":
         paths = [store.resolve(args.cache, s) for s in args.stores] or store.list_stores(args.cache)
@@ -90,7 +95,8 @@ def cmd_cache(args) -> int:
     if args.action == "rm":
         if not args.stores and not args.all:
             raise FeatxError("cache rm: name the stores to delete, or pass --all")
-        paths = store.list_stores(args.cache) if args.all else [store.resolve(args.cache, s) for s in args.stores]
+        named = [store.resolve(args.cache, s) for s in args.stores]
+        paths = store.list_stores(args.cache) if args.all else named
         for path in paths:
             store.remove(path)
             print(f"removed {Path(path)}")

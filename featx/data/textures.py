@@ -93,7 +93,8 @@ def _render(name: str, size: int, rng: np.random.Generator) -> np.ndarray:
     mask = np.clip(0.5 + d / rng.uniform(1.0, 2.5), 0, 1)[..., None]  # soft edge: antialias, blur
     tilt = rng.uniform(0, _TAU)
     light = 1 + rng.uniform(0, 0.25) * (cols * np.cos(tilt) + rows * np.sin(tilt)) / size  # uneven lighting
-    image = (bg + mask * (fg - bg)) * light[..., None] + rng.normal(0, rng.uniform(0.01, 0.06), (size, size, 3))
+    noise = rng.normal(0, rng.uniform(0.01, 0.06), (size, size, 3))
+    image = (bg + mask * (fg - bg)) * light[..., None] + noise
     return np.round(np.clip(image, 0, 1) * 255).astype(np.uint8)
 
 
@@ -115,7 +116,8 @@ def generate(root, *, train_per_class=60, test_per_class=30, size=96, seed=0) ->
             "test_per_class": test_per_class, "size": size, "seed": seed}
     if _marker(root) == args:
         return root
-    if root.exists() and not (root.is_dir() and (_marker(root) or set(os.listdir(root)) <= {"train", "test"})):
+    ours = root.is_dir() and (_marker(root) or set(os.listdir(root)) <= {"train", "test"})
+    if root.exists() and not ours:
         raise FileExistsError(f"{root} exists and is not a textures dataset; not replacing it")
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = root.parent / f".{root.name}.{uuid.uuid4().hex}.tmp"
@@ -126,8 +128,8 @@ def generate(root, *, train_per_class=60, test_per_class=30, size=96, seed=0) ->
                 folder.mkdir(parents=True)
                 for i in range(count):
                     rng = np.random.default_rng([seed, split_index, label, i])
-                    Image.fromarray(_render(name, size, rng)).save(folder / f"{name}_{i:03d}.png", format="PNG",
-                                                                   compress_level=6)
+                    Image.fromarray(_render(name, size, rng)).save(folder / f"{name}_{i:03d}.png",
+                                                                   format="PNG", compress_level=6)
         (tmp / _MARKER).write_text(json.dumps(args, sort_keys=True) + "\n")
         if _marker(root) != args:  # another process may have just finished the same dataset
             if root.exists():

@@ -101,16 +101,18 @@ def embed(plan: Plan, todo: list[Item], commit: Callable[[Rows], Rows]) -> list[
 def _decoded(plan: Plan, todo: list[Item]):
     """(decoded (index, sha256) pairs, failed samples, uint8 batch on the device or None)
     per batch; JPEGs left for the GPU (decode="gpu") are decoded here."""
-    for ok, failed, batch, raw in batches(plan.source, todo, plan.preprocessing, plan.batch_size, plan.workers,
-                                          plan.device):
+    for ok, failed, batch, raw in batches(plan.source, todo, plan.preprocessing, plan.batch_size,
+                                          plan.workers, plan.device):
         if raw:
             from .gpu_decode import decode_batch
 
             images = decode_batch([s[1] for s in raw], plan.preprocessing, plan.device)
-            failed = failed + [(i, None, r, sha) for (i, _, _, sha), r in zip(raw, images) if isinstance(r, str)]
+            failed = failed + [(i, None, r, sha) for (i, _, _, sha), r in zip(raw, images)
+                               if isinstance(r, str)]
             good = [(s, im) for s, im in zip(raw, images) if not isinstance(im, str)]
             ok = ok + [(s[0], s[3]) for s, _ in good]
-            on_dev = ([batch.to(plan.device, non_blocking=True)] if batch is not None else []) + [im[None] for _, im in good]
+            on_dev = [batch.to(plan.device, non_blocking=True)] if batch is not None else []
+            on_dev += [im[None] for _, im in good]
             batch = torch.cat(on_dev) if on_dev else None
         yield ok, failed, batch
 

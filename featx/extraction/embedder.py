@@ -67,8 +67,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         if source.problems:
             key, reason = source.problems[0]
             raise SourceError(f"{key}: {reason}")
-        result = extract(source, self._network(), self.cache_dir, precision=self.precision, device=self.device,
-                         on_error="fail")
+        result = extract(source, self._network(), self.cache_dir, precision=self.precision,
+                         device=self.device, on_error="fail")
         log.info("%s: %d images, %d embedded, %d from the cache", self.backbone, len(paths), result.embedded,
                  len(paths) - result.embedded)
         blocks, keys = [], None
@@ -85,7 +85,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         wanted = (self.backbone, tuple(self.layers), self.image_size)
         cached = self.__dict__.get("_cached_backbone")
         if cached is None or cached[0] != wanted:
-            cached = (wanted, load_backbone(self.backbone, layers=tuple(self.layers), image_size=self.image_size))
+            network = load_backbone(self.backbone, layers=tuple(self.layers), image_size=self.image_size)
+            cached = (wanted, network)
             self.__dict__["_cached_backbone"] = cached
         return cached[1]
 
@@ -106,8 +107,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
         dims = self._network().dims
-        return np.array([f"{layer}_{i}" for layer in (DEFAULT_LAYER, *self.layers) for i in range(dims[layer])],
-                        dtype=object)
+        names = [f"{layer}_{i}" for layer in (DEFAULT_LAYER, *self.layers) for i in range(dims[layer])]
+        return np.array(names, dtype=object)
 
 
 def _paths(X) -> list[str]:

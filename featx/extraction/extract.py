@@ -89,8 +89,9 @@ def extract(
         ``reused``, ``skipped``, ``seconds``, ``images_per_second``.
     """
     plan = make_plan(data, backbone, cache_dir, weights=weights, layers=layers, image_size=image_size,
-                     batch_size=batch_size, precision=precision, device=device, decode=decode, workers=workers,
-                     commit_rows=commit_rows, commit_seconds=commit_seconds, on_error=on_error)
+                     batch_size=batch_size, precision=precision, device=device, decode=decode,
+                     workers=workers, commit_rows=commit_rows, commit_seconds=commit_seconds,
+                     on_error=on_error)
     with StoreWriter(plan) as writer:
         done = writer.unchanged()
         if done is not None:
@@ -113,6 +114,7 @@ def extract(
 
 def _reported(result: ExtractResult) -> ExtractResult:
     speed = f" at {result.images_per_second:.1f} images/s" if result.embedded else ""
-    log.info("%d images in the store: %d embedded%s, %d reused, %d skipped (%s on %s)", result.rows, result.embedded,
-             speed, result.reused, result.skipped, result.precision, result.device, extra={"extract_result": result})
+    log.info("%d images in the store: %d embedded%s, %d reused, %d skipped (%s on %s)", result.rows,
+             result.embedded, speed, result.reused, result.skipped, result.precision, result.device,
+             extra={"extract_result": result})
     return result

@@ -3,11 +3,11 @@
 TorchScript's ``freeze`` folds batch norms into the convolutions and hands the graph to
 oneDNN's fused kernels. On 2 CPU cores this ran lite0 at 1.4 to 1.7 times the speed of
 eager bfloat16 autocast, after about 7 s of building; ``torch.compile`` gave 1.2 to 1.4
-times after about a minute of compiling on a machine's first run (benchmarks/RESULTS.md). It pays only for large jobs, so
-:func:`use_frozen` decides from the size of the whole source (not the part still to do,
-so a resumed run decides as the first one did). The frozen graph's features are not
-bit-identical to eager autocast's, so it is part of a store's identity. A network that
-cannot be traced runs eagerly.
+times after about a minute of compiling on a machine's first run (benchmarks/RESULTS.md).
+It pays only for large jobs, so :func:`use_frozen` decides from the size of the whole
+source (not the part still to do, so a resumed run decides as the first one did). The
+frozen graph's features are not bit-identical to eager autocast's, so it is part of a
+store's identity. A network that cannot be traced runs eagerly.
 """
 from __future__ import annotations
 
@@ -40,7 +40,8 @@ def frozen_embed(backbone: Backbone, batch_size: int):
     when the network cannot be traced."""
     size = backbone.preprocessing.image_size
     model = copy.deepcopy(backbone.model).to(torch.bfloat16).eval()
-    example = torch.zeros(batch_size, 3, size, size, dtype=torch.bfloat16).contiguous(memory_format=torch.channels_last)
+    example = torch.zeros(batch_size, 3, size, size, dtype=torch.bfloat16)
+    example = example.contiguous(memory_format=torch.channels_last)
     try:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")  # tracer warnings about Python values in the graph

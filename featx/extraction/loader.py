@@ -27,7 +27,8 @@ def default_workers(dev: torch.device | None = None) -> int:
     cores itself; all cores but two (the main process and its copy thread, at most 32)
     when a GPU runs the model and decoding is what limits the speed. Never more than
     half the available memory holds at ``WORKER_MEMORY`` each."""
-    cores = max(1, len(os.sched_getaffinity(0)) // distributed.world().local_size)  # shared by a node's processes
+    sharing = distributed.world().local_size  # a node's processes share its cores and memory
+    cores = max(1, len(os.sched_getaffinity(0)) // sharing)
     wanted = max(1, min(32, cores - 2)) if dev is not None and dev.type == "cuda" else min(8, cores)
     try:
         available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
@@ -76,7 +77,8 @@ def _collate(samples):
     return ok, [s for s in samples if s[1] is None], batch, raw
 
 
-def batches(source: Source, todo: list[Item], pre: Preprocessing, batch_size: int, workers: int, dev: torch.device):
+def batches(source: Source, todo: list[Item], pre: Preprocessing, batch_size: int, workers: int,
+            dev: torch.device):
     """Whole batches of ``todo`` in order, as (decoded (index, sha256) pairs, failed
     samples, the decoded images on ``dev`` or None, samples left as JPEG bytes)."""
     part = batch_size // 8 if batch_size % 8 == 0 else batch_size

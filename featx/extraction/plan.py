@@ -154,7 +154,8 @@ def fail_on_known(source: Source, pool: Rows) -> None:
     """For ``on_error="fail"``: stop on a current file that an earlier run skipped."""
     current = {(it.key, it.stamp) for it in source.items}
     keys = {it.key for it in source.items}
-    for k, st, reason in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist(), pool.skipped_reasons.tolist()):
+    for k, st, reason in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist(),
+                             pool.skipped_reasons.tolist()):
         if (k, st) in current or (not st and k in keys):
             raise SourceError(f"{source.where(k)}: {reason}")
 

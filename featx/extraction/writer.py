@@ -75,8 +75,8 @@ class StoreWriter:
         self._check(done["provenance"])
         if plan.on_error == "fail" and done["skipped"]:
             return None  # todo() finds the skipped file and stops on it
-        return ExtractResult(plan.path, done["rows"], 0, done["rows"], len(done["skipped"]), 0.0, plan.precision,
-                             plan.device.type)
+        return ExtractResult(plan.path, done["rows"], 0, done["rows"], len(done["skipped"]), 0.0,
+                             plan.precision, plan.device.type)
 
     def todo(self) -> list[Item]:
         """Read what is already embedded; returns the items still to embed."""
@@ -133,12 +133,14 @@ class StoreWriter:
         runtime or source than planned. The backbone's name is not part of that: the same
         network and weights under another name share a store."""
         bb = self.plan.backbone
-        found = {**provenance, "backbone": {**provenance.get("backbone", {}), "name": bb.name, "weights": bb.weights}}
+        found = {**provenance,
+                 "backbone": {**provenance.get("backbone", {}), "name": bb.name, "weights": bb.weights}}
         store.check_provenance(self.plan.path, found, self.plan.wanted())
 
     def _write(self, new_parts: list[Rows], embedded: int, seconds: float) -> ExtractResult:
         plan, old = self.plan, self.old
-        rows, labels, transient = _assemble(plan.source, [self.pool, *new_parts], plan.layers, plan.backbone.dims)
+        rows, labels, transient = _assemble(plan.source, [self.pool, *new_parts], plan.layers,
+                                            plan.backbone.dims)
         before = old.provenance.get("throughput", {}) if old else {}
         provenance = {
             **plan.wanted(),
@@ -157,15 +159,16 @@ class StoreWriter:
         # changed nothing, the store is left as it is. An accumulating store matches no
         # single listing.
         manifest = "" if transient or plan.source.accumulates else plan.manifest
-        if not (old and not self.journaled and not embedded and _same(old, rows, labels, plan.source.classes, manifest)):
+        if not (old and not self.journaled and not embedded and _same(old, rows, labels, plan.source.classes,
+                                                                      manifest)):
             try:
                 store.write_store(plan.path, rows, labels, plan.source.classes, provenance, manifest)
             except WriteError as exc:
                 raise WriteError(f"{exc}; {plan.path.name} is unchanged, and the images embedded in this run "
                                  f"are kept in {self.journal.dir} for the next run") from None
         self.journal.clear()
-        return ExtractResult(plan.path, len(rows), embedded, len(rows) - embedded, len(rows.skipped_keys), seconds,
-                             plan.precision, plan.device.type)
+        return ExtractResult(plan.path, len(rows), embedded, len(rows) - embedded, len(rows.skipped_keys),
+                             seconds, plan.precision, plan.device.type)
 
 
 def _same(old: StoreContents, rows: Rows, labels: np.ndarray, classes: list[str], manifest: str) -> bool:
@@ -184,12 +187,14 @@ def _version(module: str) -> str:
         return ""
 
 
-def _assemble(source: Source, parts: list[Rows], names: list[str], dims: dict[str, int]) -> tuple[Rows, np.ndarray, int]:
+def _assemble(source: Source, parts: list[Rows], names: list[str],
+              dims: dict[str, int]) -> tuple[Rows, np.ndarray, int]:
     """Rows for the source's current items, in source order, from old and new parts, and
     how many files failed to be read (rather than decoded) this time."""
     pool = Rows.concat(parts, names, dims)
     row_of = {ks: i for i, ks in enumerate(zip(pool.keys.tolist(), pool.stamps.tolist()))}
-    reason_of = dict(zip(zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist()), pool.skipped_reasons.tolist()))
+    reason_of = dict(zip(zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist()),
+                         pool.skipped_reasons.tolist()))
     sel, labels, skipped, transient = [], [], [(k, "", r) for k, r in source.problems], 0
     for it in source.items:
         i = row_of.get((it.key, it.stamp))
@@ -205,12 +210,13 @@ def _assemble(source: Source, parts: list[Rows], names: list[str], dims: dict[st
         sel, labels, skipped = _with_unlisted(source, pool, sel, skipped)
     sel = np.asarray(sel, dtype=np.int64)
     sk = np.array(skipped, dtype=str).reshape(-1, 3)
-    rows = Rows(pool.keys[sel], pool.stamps[sel], pool.sha256[sel], {n: Taken(pool.features[n], sel) for n in names},
-                sk[:, 0], sk[:, 1], sk[:, 2])
+    rows = Rows(pool.keys[sel], pool.stamps[sel], pool.sha256[sel],
+                {n: Taken(pool.features[n], sel) for n in names}, sk[:, 0], sk[:, 1], sk[:, 2])
     return rows, np.asarray(labels, dtype=np.int64), transient
 
 
-def _with_unlisted(source: Source, pool: Rows, sel: list[int], skipped: list[tuple]) -> tuple[list, list, list]:
+def _with_unlisted(source: Source, pool: Rows, sel: list[int],
+                   skipped: list[tuple]) -> tuple[list, list, list]:
     """For an accumulating source: its rows and skipped files joined with those of every
     file it does not list (from earlier runs), ordered by key, so that a store written
     for any subset of its files is the same store. Its files are unlabelled."""
@@ -219,7 +225,6 @@ def _with_unlisted(source: Source, pool: Rows, sel: list[int], skipped: list[tup
     kept = {k: i for i, k in enumerate(keys) if k not in listed}  # one row per key in the old store
     rows = sorted([*((keys[i], i) for i in sel), *kept.items()])
     listed_skips = {s[0] for s in skipped}
-    skipped = skipped + [(k, st, r) for k, st, r in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist(),
-                                                           pool.skipped_reasons.tolist())
-                         if k not in listed and k not in listed_skips]
+    earlier = zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist(), pool.skipped_reasons.tolist())
+    skipped = skipped + [s for s in earlier if s[0] not in listed and s[0] not in listed_skips]
     return [i for _, i in rows], [-1] * len(rows), sorted(skipped)

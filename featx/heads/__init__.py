@@ -23,5 +23,5 @@ for _cls in (SweptHead, LogRegHead, LinearSVMHead, RidgeHead, KNNHead, NearestCe
 del _cls
 
 __all__ = ["C_GRID", "CHEAP_HEADS", "HEADS", "CosineKNN", "HGBHead", "KNNHead", "LinearSVMHead", "LogRegHead",
-           "MLPHead", "NearestCentroidHead", "RidgeHead", "SweptHead", "TorchLogisticRegression", "list_heads",
-           "make_head", "validation_split"]
+           "MLPHead", "NearestCentroidHead", "RidgeHead", "SweptHead", "TorchLogisticRegression",
+           "list_heads", "make_head", "validation_split"]

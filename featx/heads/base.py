@@ -69,18 +69,23 @@ class SweptHead(ClassifierMixin, BaseEstimator):
         self.selected_on_validation_ = split is not None and len(candidates) > 1
         self.temperature_ = 1.0
         if split is None:
-            best, self.val_scores_, self.val_accuracy_ = min(self.default_index, len(candidates) - 1), [], None
+            best = min(self.default_index, len(candidates) - 1)
+            self.val_scores_, self.val_accuracy_ = [], None
         else:
             tr, va = split
-            scores = self._sweep_in_parts(candidates, X[tr], y[tr], X[va], y[va]) if len(candidates) > 1 else None
-            best = 0 if scores is None else max(range(len(scores)), key=lambda i: (scores[i][0], -scores[i][1]))
+            scores = None
+            if len(candidates) > 1:
+                scores = self._sweep_in_parts(candidates, X[tr], y[tr], X[va], y[va])
+            best = 0 if scores is None else max(range(len(scores)),
+                                                key=lambda i: (scores[i][0], -scores[i][1]))
             self.val_scores_ = [{**p, "accuracy": a} for p, (a, _) in zip(candidates, scores or [])]
             if scores is not None and hasattr(self._build(**candidates[best]), "predict_proba"):
                 self.val_accuracy_ = scores[best][0]  # the sweep already scored the chosen model
             else:  # refit on train alone: for its validation accuracy, or to calibrate a margin
                 chosen = clone(self._build(**candidates[best])).fit(X[tr], y[tr])
                 if not hasattr(chosen, "predict_proba"):
-                    self.temperature_ = _fit_temperature(decision_2d(chosen, X[va]), _indices(chosen.classes_, y[va]))
+                    self.temperature_ = _fit_temperature(decision_2d(chosen, X[va]),
+                                                         _indices(chosen.classes_, y[va]))
                 self.val_accuracy_ = float(np.mean(chosen.predict(X[va]) == y[va]))
         self.best_params_ = candidates[best]
         self.model_ = self._build(**self.best_params_).fit(X, y)
@@ -91,7 +96,9 @@ class SweptHead(ClassifierMixin, BaseEstimator):
         tasks: on the backend the caller configured (loky by default; dask or ray to fan
         out over a cluster, see :mod:`featx.sweeps`). The parts depend only on
         ``n_jobs``, so every backend gives the same scores."""
-        parts = min(joblib.effective_n_jobs(self.n_jobs), len(candidates)) if self.n_jobs not in (None, 1) else 1
+        parts = 1
+        if self.n_jobs not in (None, 1):
+            parts = min(joblib.effective_n_jobs(self.n_jobs), len(candidates))
         if parts == 1:
             return self._sweep(candidates, Xt, yt, Xv, yv)
         chunks = np.array_split(np.arange(len(candidates)), parts)

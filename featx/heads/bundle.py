@@ -60,13 +60,16 @@ class Bundle:
     weights_file: str | None = None  # a fine-tuned network: its model.pt holds the backbone's weights
 
     @classmethod
-    def fitted(cls, model, head: str, provenance: dict, classes: list[str], layer: str, metrics: dict) -> Bundle:
+    def fitted(cls, model, head: str, provenance: dict, classes: list[str], layer: str,
+               metrics: dict) -> Bundle:
         """A bundle of a head fitted on a store with this ``provenance``."""
-        return cls(head, model, provenance["backbone"], provenance["precision"], layer, list(classes), metrics)
+        return cls(head, model, provenance["backbone"], provenance["precision"], layer, list(classes),
+                   metrics)
 
     def to_dict(self) -> dict:
-        d = {"format": FORMAT, "featx": self.featx, "head": self.head, "model": self.model, "backbone": self.backbone,
-             "precision": self.precision, "layer": self.layer, "classes": self.classes, "metrics": self.metrics}
+        d = {"format": FORMAT, "featx": self.featx, "head": self.head, "model": self.model,
+             "backbone": self.backbone, "precision": self.precision, "layer": self.layer,
+             "classes": self.classes, "metrics": self.metrics}
         if self.weights_file is not None:
             d["weights_file"] = self.weights_file
         return d
@@ -75,8 +78,8 @@ class Bundle:
     def from_dict(cls, d, path: Path) -> Bundle:
         if not isinstance(d, dict) or d.get("format") != FORMAT:
             raise ModelError(f"{path}: not a featx model bundle (format {FORMAT})")
-        return cls(d["head"], d["model"], d["backbone"], d["precision"], d["layer"], list(d["classes"]), d["metrics"],
-                   d.get("featx"), d.get("weights_file"))
+        return cls(d["head"], d["model"], d["backbone"], d["precision"], d["layer"], list(d["classes"]),
+                   d["metrics"], d.get("featx"), d.get("weights_file"))
 
 
 def _sidecar(path: Path) -> Path:
@@ -93,8 +96,8 @@ LEGACY_MODULES = {"featx.logreg": "featx.heads", "featx.knn": "featx.heads"}
 # scikit-learn they hold that skops does not trust by default. Nothing else.
 SKOPS_TRUSTED = {
     *(f"featx.heads.{name}" for name in (
-        "LogRegHead", "LinearSVMHead", "RidgeHead", "KNNHead", "NearestCentroidHead", "MLPHead", "HGBHead", "_RowSpan",
-        "_CosineCentroids", "TorchLogisticRegression", "CosineKNN")),
+        "LogRegHead", "LinearSVMHead", "RidgeHead", "KNNHead", "NearestCentroidHead", "MLPHead", "HGBHead",
+        "_RowSpan", "_CosineCentroids", "TorchLogisticRegression", "CosineKNN")),
     "featx.logreg.TorchLogisticRegression", "featx.knn.CosineKNN",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
@@ -141,11 +144,13 @@ def load(path: str | os.PathLike) -> Bundle:
         expected = json.loads(side.read_text())["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
         if not _is_skops(path) or side.exists():
-            raise ModelError(f"{path}: no valid sidecar {side.name} recording its SHA-256; refusing to load it "
-                             "(a joblib file runs code when loaded; a .skops file does not need one)") from None
+            raise ModelError(f"{path}: no valid sidecar {side.name} recording its SHA-256; refusing to "
+                             "load it (a joblib file runs code when loaded; a .skops file does not need one)"
+                             ) from None
         expected = None
     if expected is not None and hashlib.sha256(data).hexdigest() != expected:
-        raise ModelError(f"{path}: SHA-256 does not match {side.name}; the file was altered, refusing to load it")
+        raise ModelError(f"{path}: SHA-256 does not match {side.name}; the file was altered, "
+                         "refusing to load it")
     _alias_legacy_modules()
     d = _load_skops(path, data) if _is_skops(path) else joblib.load(io.BytesIO(data))  # the bytes checked
     return Bundle.from_dict(d, path)
@@ -209,11 +214,13 @@ def load_model(path: str | os.PathLike) -> Bundle:
         facts = json.loads(side.read_text())
         expected = facts["sha256"]
     except (OSError, ValueError, KeyError, TypeError):
-        raise ModelError(f"{path}: no valid sidecar {side.name} recording its SHA-256; refusing to load it") from None
+        raise ModelError(f"{path}: no valid sidecar {side.name} recording its SHA-256; "
+                         "refusing to load it") from None
     if not path.is_file():
         raise ModelError(f"{path}: no such model file")
     if sha256_file(path) != expected:
-        raise ModelError(f"{path}: SHA-256 does not match {side.name}; the file was altered, refusing to load it")
+        raise ModelError(f"{path}: SHA-256 does not match {side.name}; the file was altered, "
+                         "refusing to load it")
     sd = load_weights_only(path, ModelError)
     cls = facts["classifier"]
     try:
@@ -222,5 +229,6 @@ def load_model(path: str | os.PathLike) -> Bundle:
         raise ModelError(f"{path}: holds no classifier {cls!r}") from None
     backbone = {"name": facts["backbone"], "layers": [], "weights": str(path), "weights_sha256": expected,
                 "preprocessing": facts["preprocessing"]}
-    return Bundle(f"finetuned ({facts['method']})", NetworkClassifier(weight, bias), backbone, facts["precision"],
-                  DEFAULT_LAYER, facts["classes"], facts.get("metrics", {}), facts.get("featx"), str(path))
+    return Bundle(f"finetuned ({facts['method']})", NetworkClassifier(weight, bias), backbone,
+                  facts["precision"], DEFAULT_LAYER, facts["classes"], facts.get("metrics", {}),
+                  facts.get("featx"), str(path))

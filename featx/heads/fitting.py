@@ -30,7 +30,8 @@ def align_labels(y: np.ndarray, classes: list[str], to: list[str], what: str) ->
     return lookup[y]  # -1 (unlabelled) maps to the appended -1
 
 
-def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int = 0, n_jobs: int | None = None) -> Fitted:
+def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int = 0,
+        n_jobs: int | None = None) -> Fitted:
     """Fit a head by name on the labelled rows. With ``n_jobs`` its sweep runs as that
     many joblib tasks (see :mod:`featx.heads.sweeps`)."""
     labelled = y >= 0
@@ -39,7 +40,8 @@ def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int 
         val_mask = None if val_mask is None else np.asarray(val_mask)[labelled]
     start = time.perf_counter()
     try:
-        model = make_head(head, val_fraction=val_fraction, random_state=seed, n_jobs=n_jobs).fit(X, y, val_mask=val_mask)
+        model = make_head(head, val_fraction=val_fraction, random_state=seed,
+                          n_jobs=n_jobs).fit(X, y, val_mask=val_mask)
     except ValueError as exc:  # e.g. a single class
         raise FeatxError(f"{head}: cannot fit ({exc})") from None
     seconds = time.perf_counter() - start
@@ -58,7 +60,8 @@ def _plain(v):
 
 
 def train(features: str | os.PathLike, head: str, *, val: str | os.PathLike | None = None,
-          layer: str = DEFAULT_LAYER, val_fraction: float = 0.2, seed: int = 0, n_jobs: int | None = None) -> Bundle:
+          layer: str = DEFAULT_LAYER, val_fraction: float = 0.2, seed: int = 0,
+          n_jobs: int | None = None) -> Bundle:
     """A bundle fitted on a store (and on a validation store, when given)."""
     X, y, _, classes = store.load(features, layer)
     provenance = store.info(features)["provenance"]

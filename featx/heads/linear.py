@@ -80,7 +80,8 @@ class LinearSVMHead(SweptHead):
         return [{"C": float(c)} for c in np.logspace(-6, -1, 21)]
 
     def _build(self, C):
-        return make_pipeline(StandardScaler(), _RowSpan(), LinearSVC(C=C, dual=True, max_iter=1000, random_state=self.random_state))
+        return make_pipeline(StandardScaler(), _RowSpan(),
+                             LinearSVC(C=C, dual=True, max_iter=1000, random_state=self.random_state))
 
 
 class RidgeHead(SweptHead):

@@ -53,7 +53,8 @@ class TorchLogisticRegression(LogisticRegression):
         basis = self._basis(X, dev)
         cols = 1 if k == 2 else k  # two classes: scikit-learn's binomial model, one column
         start = None
-        if self.warm_start and getattr(self, "coef_", None) is not None and self.coef_.shape == (cols, X.shape[1]):
+        previous = getattr(self, "coef_", None)
+        if self.warm_start and previous is not None and previous.shape == (cols, X.shape[1]):
             start = (self.coef_, self.intercept_)
         W, b, self.n_iter_ = _solve(basis, torch.as_tensor(y_idx, device=dev), cols, float(self.C),
                                     tol=self.tol, max_iter=self.max_iter, start=start)
@@ -147,8 +148,10 @@ def _solve(basis: _Basis, y: torch.Tensor, cols: int, C: float, *, tol: float, m
     # SciPy's BLAS threads would spin against torch's for the same cores
     with threadpool_limits(1, user_api="blas"):
         res = minimize(objective, theta0, jac=True, method="L-BFGS-B", callback=converged,
-                       options={"maxiter": max_iter, "maxls": 50, "gtol": 0.0, "ftol": 64 * np.finfo(float).eps})
-    u, c = (torch.as_tensor(a, device=dev, dtype=torch.float64) for a in (res.x[: d * cols], res.x[d * cols:]))
+                       options={"maxiter": max_iter, "maxls": 50, "gtol": 0.0,
+                                "ftol": 64 * np.finfo(float).eps})
+    u, c = (torch.as_tensor(a, device=dev, dtype=torch.float64)
+            for a in (res.x[: d * cols], res.x[d * cols:]))
     Wr = scale.double()[:, None] * u.view(d, cols)
     W = basis.axes @ Wr  # back to the features' own axes
     b = bscale * c - basis.mean @ W

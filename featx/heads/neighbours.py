@@ -31,7 +31,8 @@ class KNNHead(SweptHead):
         # One matrix product for the largest k; each smaller k reads its first columns.
         classes, y_idx = np.unique(yt, return_inverse=True)
         dev = resolve_device(self.device)
-        dist, idx = knn.neighbours(knn.unit_rows(Xt, dev), knn.unit_rows(Xv, dev), max(p["n_neighbors"] for p in candidates))
+        dist, idx = knn.neighbours(knn.unit_rows(Xt, dev), knn.unit_rows(Xv, dev),
+                                   max(p["n_neighbors"] for p in candidates))
         return [proba_scores(knn.vote(dist, idx, y_idx, len(classes), p["n_neighbors"]), classes, yv)
                 for p in candidates]
 

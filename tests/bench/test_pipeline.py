@@ -6,7 +6,6 @@ import logging
 
 import jsonschema
 import pytest
-from support.imagegen import make_folder
 
 from featx import store
 from featx.bench import pipeline
@@ -15,6 +14,7 @@ from featx.bench.run import run as run_pipeline
 from featx.cli import main
 from featx.core.errors import FeatxError
 from featx.heads import validation_split
+from support.imagegen import make_folder
 
 GOOD = """\
 name: tiny
@@ -54,10 +54,12 @@ def folders(tmp_path_factory):
     ("name: x\ndata: {train: t}\nbackbones: [pixels]\nheads: [logred]\n",
      r"unknown head 'logred' \(did you mean 'logreg'\?\)"),
     ("name: x\ndata: {test: t}\nbackbones: [pixels]\nheads: [logreg]\n", r"data needs the key 'train'"),
-    ("name: x\ndata: {train: t}\nbackbones: [pixels]\nheads: [logreg]\nseed: true\n", r"seed must be an integer"),
+    ("name: x\ndata: {train: t}\nbackbones: [pixels]\nheads: [logreg]\nseed: true\n",
+     r"seed must be an integer"),
     ("name: x\ndata: {train: t, test_fraction: 1.5}\nbackbones: [pixels]\nheads: [logreg]\n",
      r"test_fraction must lie between 0 and 1"),
-    ("name: !!python/object/apply:os.system [echo hi]\n", r"not valid YAML: could not determine a constructor"),
+    ("name: !!python/object/apply:os.system [echo hi]\n",
+     r"not valid YAML: could not determine a constructor"),
     ("name: [unclosed\n", r"line \d+ not valid YAML"),
 ])
 def test_bad_pipelines_fail_with_a_message_naming_the_problem(tmp_path, text, message):
@@ -95,7 +97,8 @@ def test_run_writes_the_report_and_a_head_only_change_does_no_extraction(tmp_pat
     on_disk = json.loads((tmp_path / "out" / "report.json").read_text())
     jsonschema.validate(on_disk, SCHEMA)
     assert [(r["backbone"], r["method"]) for r in on_disk["results"]] == [
-        ("efficientnet_lite0", "logreg"), ("efficientnet_lite0", "knn"), ("pixels", "logreg"), ("pixels", "knn")]
+        ("efficientnet_lite0", "logreg"), ("efficientnet_lite0", "knn"), ("pixels", "logreg"),
+        ("pixels", "knn")]
     assert sum(r["best"] for r in on_disk["results"]) == 1
     assert all(e["embedded_this_run"] == 20 and e["images"] == 20 for e in report["extraction"])
     assert all(e["images_per_second"] > 0 for e in report["extraction"])
@@ -104,7 +107,8 @@ def test_run_writes_the_report_and_a_head_only_change_does_no_extraction(tmp_pat
     r0 = on_disk["results"][0]
     assert r0["n_train"] == 12 and 0 <= r0["test_accuracy"] <= 1
     curve = on_disk["efficiency"][0]
-    assert [pt["per_class"] for pt in curve["points"]] == [1, 2, 6.0] and len(curve["points"][0]["draws"]) == 2
+    assert [pt["per_class"] for pt in curve["points"]] == [1, 2, 6.0]
+    assert len(curve["points"][0]["draws"]) == 2
     html = (tmp_path / "out" / "report.html").read_text()
     assert "data:image/png;base64," in html and "http://" not in html and "https://" not in html
     assert "<table>" in html and "★" in (tmp_path / "out" / "report.md").read_text()
@@ -112,7 +116,8 @@ def test_run_writes_the_report_and_a_head_only_change_does_no_extraction(tmp_pat
         "efficientnet_lite0__knn.joblib", "efficientnet_lite0__logreg.joblib",
         "pixels__knn.joblib", "pixels__logreg.joblib"]
 
-    p2 = pipeline.load(_write(tmp_path, GOOD.format(train=train, test=test, heads="nearest_centroid"), "p2.yaml"))
+    p2 = pipeline.load(_write(tmp_path, GOOD.format(train=train, test=test, heads="nearest_centroid"),
+                              "p2.yaml"))
     again = run_pipeline(p2, tmp_path / "out2", cache)
     assert all(e["embedded_this_run"] == 0 for e in again["extraction"])
     assert again["extraction"][0]["images_per_second"] == report["extraction"][0]["images_per_second"]
@@ -182,7 +187,8 @@ def test_finetune_and_scratch_stages_join_the_heads_in_one_report(tmp_path, fold
         assert (metrics["n_train"], metrics["n_val"], metrics["n_test"]) == (10, 2, 8)
         assert metrics["val_keys"] == heads_val  # the very images the heads chose their C on
         assert metrics["test"]["test_accuracy"] == r["test_accuracy"]
-    curves = {(c["method"], c.get("strategy")): [pt["per_class"] for pt in c["points"]] for c in report["efficiency"]}
+    curves = {(c["method"], c.get("strategy")): [pt["per_class"] for pt in c["points"]]
+              for c in report["efficiency"]}
     assert curves[("finetune", "lp_ft")] == curves[("scratch", None)] == [2, 6.0]
     top = summary(report)[0]
     lp = nets[0]
@@ -195,7 +201,8 @@ def test_finetune_and_scratch_stages_join_the_heads_in_one_report(tmp_path, fold
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="featx"):
         again = run_pipeline(p, tmp_path / "out", tmp_path / "cache")
-    assert sum("already done" in m for m in caplog.messages) == 6  # 3 runs on all images, 3 at 2 per class: none retrained
+    # 3 runs on all images, 3 at 2 per class: none retrained
+    assert sum("already done" in m for m in caplog.messages) == 6
     assert [r["test_accuracy"] for r in again["results"]] == [r["test_accuracy"] for r in report["results"]]
 
 
@@ -221,11 +228,13 @@ def test_hymenoptera_lp_ft_reaches_94_percent_and_scratch_stays_far_below(hymeno
 
 def test_finetune_stage_errors_are_one_line(tmp_path):
     one = make_folder(tmp_path / "one", {"a": 1, "b": 3})
-    text = (f"name: x\ndata: {{train: {one}, test: {one}}}\nbackbones: [efficientnet_lite0]\nheads: [logreg]\n"
+    text = (f"name: x\ndata: {{train: {one}, test: {one}}}\n"
+            "backbones: [efficientnet_lite0]\nheads: [logreg]\n"
             "extract: {image_size: 32, workers: 0}\nfinetune: {epochs: 1, lr: 1e-3}\n")
     p = pipeline.load(_write(tmp_path, text))
     assert p.finetune["lr"] == 0.001  # YAML reads 1e-3 (no dot) as a string; the schema takes it as a number
-    with pytest.raises(FeatxError, match=r"too few images per class to hold out a validation split for fine-tuning"):
+    with pytest.raises(FeatxError,
+                       match=r"too few images per class to hold out a validation split for fine-tuning"):
         run_pipeline(p, tmp_path / "out", tmp_path / "cache")
     bad = text.replace("lr: 1e-3", "lr: fast")
     with pytest.raises(pipeline.PipelineError, match="finetune.lr must be a number, got 'fast'"):

@@ -8,8 +8,6 @@ import json
 
 import numpy as np
 import pytest
-from support.httpserver import FileServer
-from support.imagegen import image_tree, tar_bytes
 
 from featx.bench import suite as bench
 from featx.bench.references import ACCURACY, reference_for
@@ -19,6 +17,8 @@ from featx.data.datasets import Dataset, Packaging
 from featx.data.datasets import catalog as catalog_module
 from featx.data.datasets.converters import folders
 from featx.data.datasets.download import Remote
+from support.httpserver import FileServer
+from support.imagegen import image_tree, tar_bytes
 
 
 @pytest.fixture(scope="module")
@@ -35,9 +35,10 @@ def suite(tmp_path_factory):
                                     (Packaging("official", (r,), folders({f"{top}/train": "train",
                                                                           f"{top}/val": "test"})),))
         mp.setattr(catalog_module, "CATALOG", catalog)
-        report = bench.run_bench(["hymenoptera", "tiny"], ["efficientnet_lite0"], ["logreg", "knn"], tmp / "out",
-                                 root=tmp / "data", cache_dir=tmp / "cache",
-                                 finetune={"strategies": ["lp_ft"], "epochs": 1, "batch_size": 8, "image_size": 64},
+        report = bench.run_bench(["hymenoptera", "tiny"], ["efficientnet_lite0"], ["logreg", "knn"],
+                                 tmp / "out", root=tmp / "data", cache_dir=tmp / "cache",
+                                 finetune={"strategies": ["lp_ft"], "epochs": 1, "batch_size": 8,
+                                           "image_size": 64},
                                  extract={"image_size": 64, "batch_size": 16, "device": "cpu", "workers": 0})
         requests = list(server.requests)
     return tmp, report, requests
@@ -68,13 +69,15 @@ def test_a_published_figure_stands_beside_ours_for_the_same_backbone_dataset_and
     tmp, report, _ = suite
     ref = {(r["dataset"], r["method"]): r["reference"] for r in report["results"]}
     logreg = next(r for r in report["results"] if (r["dataset"], r["method"]) == ("hymenoptera", "logreg"))
-    assert ref[("hymenoptera", "logreg")] == {"metric": ACCURACY, "value": 0.941, "ours": logreg["test_accuracy"],
+    assert ref[("hymenoptera", "logreg")] == {"metric": ACCURACY, "value": 0.941,
+                                              "ours": logreg["test_accuracy"],
                                               "source": ref[("hymenoptera", "logreg")]["source"]}
     assert "shared/datasets/README.md" in ref[("hymenoptera", "logreg")]["source"]
     assert ref[("hymenoptera", "knn")] is None and ref[("tiny", "logreg")] is None
     md = (tmp / "out" / "report.md").read_text()
     assert "## Published figures beside ours" in md
-    assert f"| hymenoptera | efficientnet_lite0 | logreg | test accuracy | {100 * logreg['test_accuracy']:.1f} | 94.1 |" in md
+    ours = f"{100 * logreg['test_accuracy']:.1f}"
+    assert f"| hymenoptera | efficientnet_lite0 | logreg | test accuracy | {ours} | 94.1 |" in md
     html = (tmp / "out" / "report.html").read_text()
     assert "Test accuracy (%)" in html and "Extraction speed" in html
 
@@ -86,8 +89,9 @@ def test_a_reference_for_a_subset_matches_only_a_run_of_that_size():
 
     assert ref(5000, 2000, True) == 0.784
     assert ref(4000, 2000, True) is None and ref(50000, 10000, False) is None
-    assert reference_for("cifar10", "torchvision:resnet50:IMAGENET1K_V1", "logreg", 50000, 10000, False).value == 0.9142
-    assert reference_for("cifar10", "torchvision:resnet50", "logreg", 50000, 10000, False) is None  # other weights
+    whole = ("logreg", 50000, 10000, False)
+    assert reference_for("cifar10", "torchvision:resnet50:IMAGENET1K_V1", *whole).value == 0.9142
+    assert reference_for("cifar10", "torchvision:resnet50", *whole) is None  # other weights
 
 
 def test_only_a_per_class_limit_that_leaves_images_out_makes_a_subset(tmp_path):
@@ -105,9 +109,11 @@ def test_bad_requests_are_one_line(tmp_path, capsys, monkeypatch):
 
     monkeypatch.chdir(tmp_path)
     assert main(["bench", "--datasets", "cifar10", "--backbones", "efficientnet_lite0", "--epochs", "2"]) == 1
-    assert capsys.readouterr().err.strip() == "featx: error: --epochs sets the fine-tuning's epochs; add --finetune"
+    said = capsys.readouterr().err.strip()
+    assert said == "featx: error: --epochs sets the fine-tuning's epochs; add --finetune"
     with pytest.raises(SystemExit) as exit_:
-        main(["bench", "--datasets", "cifar10", "--backbones", "efficientnet_lite0", "--per-class", "train=500,tset=200"])
+        main(["bench", "--datasets", "cifar10", "--backbones", "efficientnet_lite0", "--per-class",
+              "train=500,tset=200"])
     assert exit_.value.code == 2
     assert "expected SPLIT=N with SPLIT train, val or test, got 'tset=200'" in capsys.readouterr().err
     assert main(["bench", "--datasets", "nosuch", "--backbones", "efficientnet_lite0"]) == 1

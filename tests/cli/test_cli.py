@@ -1,4 +1,6 @@
+import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -31,20 +33,41 @@ def test_extract_sample_prints_the_store_path_last(tmp_path):
     X, y, keys, classes = load(path)
     assert X.shape == (32, 1280) and classes == ["china", "flower"] and list(np.bincount(y)) == [16, 16]
     assert "32 embedded" in out.stderr
+    # stderr is a pipe here, not a terminal: a line when the stage starts and one when it ends,
+    # not a bar redrawn with carriage returns
+    assert "\r" not in out.stderr
+    assert re.search(r"^efficientnet_lite0: 32 img to do$", out.stderr, re.M)
+    assert re.search(r"^efficientnet_lite0: 32 img done in \d+\.\d s$", out.stderr, re.M)
+
+
+def test_every_option_of_every_command_says_what_it_does():
+    from featx.cli.parser import parser
+
+    def commands(p, path):
+        for action in p._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    yield from commands(sub, f"{path} {name}")
+            else:
+                yield path, action
+
+    silent = [f"{path} {'/'.join(a.option_strings) or a.dest}" for path, a in commands(parser(), "featx")
+              if not a.help]
+    assert silent == []
 
 
 def test_cache_commands(tmp_path, capsys, lite0_small):
-    from support.imagegen import make_folder
-
     from featx.extraction import extract
     from featx.store import info
+    from support.imagegen import make_folder
 
     make_folder(tmp_path / "data", {"a": 2, "b": 2})
     (tmp_path / "data" / "a" / "bad.jpg").write_bytes(b"\xff\xd8\xff garbage")
     cache = tmp_path / "cache"
     path = extract(tmp_path / "data", lite0_small, cache).path
 
-    other = extract(tmp_path / "data", "pixels", cache).path  # the same folder, another backbone and resolution
+    # the same folder, another backbone and resolution
+    other = extract(tmp_path / "data", "pixels", cache).path
     assert main(["cache", "ls", "--cache", str(cache)]) == 0
     header, *rows = capsys.readouterr().out.splitlines()
     assert header.split() == ["store", "source", "backbone", "px", "precision", "rows", "size", "created"]
@@ -84,15 +107,16 @@ def test_cache_commands(tmp_path, capsys, lite0_small):
 def test_bad_source_is_one_line_error(tmp_path):
     out = featx("extract", "--data", str(tmp_path / "nope"), "--backbone", "efficientnet_lite0")
     assert out.returncode == 1
-    assert out.stderr.strip() == f"featx: error: {tmp_path / 'nope'}: no such directory, tar archive or CSV manifest"
+    missing = f"featx: error: {tmp_path / 'nope'}: no such directory, tar archive or CSV manifest"
+    assert out.stderr.strip() == missing
 
 
 def test_hymenoptera_linear_probe_reaches_the_reference(hymenoptera, tmp_path):
     """The issue's acceptance run, through the benchmark script that reports it: train and
     val stores, a standardised logistic regression with C chosen by cross-validation on
     train only, scored once on val (reference 94.1 %)."""
-    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hymenoptera_probe.py"), "--tar", str(hymenoptera),
-                          "--cache", str(tmp_path)], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "hymenoptera_probe.py"), "--tar",
+                          str(hymenoptera), "--cache", str(tmp_path)], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     result = json.loads(out.stdout)
     assert (result["train_images"], result["val_images"], result["feature_dim"]) == (244, 153, 1280)

@@ -12,12 +12,13 @@ import subprocess
 import uuid
 
 import pytest
+
+from featx.store import Journal
 from support.crash import COMMIT_EVERY_BATCH, assert_intact, run_featx, store_equal
 from support.imagegen import make_folder
 
-from featx.store import Journal
-
-EXTRACT = ["extract", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8", "--workers", "1"]
+EXTRACT = ["extract", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8",
+           "--workers", "1"]
 
 
 def limit(nbytes: int) -> str:
@@ -62,9 +63,10 @@ def test_a_store_that_cannot_be_written_keeps_the_old_store_and_the_journal(job,
 def test_a_checkpoint_that_cannot_be_written_is_one_clear_error(tmp_path):
     data = make_folder(tmp_path / "data", {"a": 6, "b": 6})
     out = tmp_path / "run"
-    rc, _, err, _ = run_featx(["finetune", "--data", str(data), "--backbone", "efficientnet_lite0", "--image-size",
-                               "64", "--epochs", "1", "--strategy", "full", "--batch-size", "4", "--workers", "0",
-                               "--out", str(out), "--cache", str(tmp_path / "cache")], tmp_path,
+    rc, _, err, _ = run_featx(["finetune", "--data", str(data), "--backbone", "efficientnet_lite0",
+                               "--image-size", "64", "--epochs", "1", "--strategy", "full", "--batch-size",
+                               "4", "--workers", "0", "--out", str(out), "--cache",
+                               str(tmp_path / "cache")], tmp_path,
                               prelude=limit(1_000_000))
     line = _one_line_error(rc, err)
     assert f"{out}/" in line and "cannot write it, the file grew past" in line

@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.crash import run_featx, store_equal
 
 from featx import store
 from featx.core.distributed import World
 from featx.data.sources import Item
 from featx.extraction.plan import shard
+from support.crash import run_featx, store_equal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -107,9 +107,10 @@ def test_two_nodes_meeting_at_a_rendezvous_write_the_single_process_store(single
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2", "--nproc-per-node", "1",
-                               "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", "featx",
-                               "-m", "featx", *args, "--cache", str(tmp / "nodes")], cwd=tmp,
+    nodes = [subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--nnodes", "2",
+                               "--nproc-per-node", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint",
+                               f"127.0.0.1:{port}", "--rdzv-id", "featx", "-m", "featx", *args, "--cache",
+                               str(tmp / "nodes")], cwd=tmp,
                               env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(2)]
     results = [(n.communicate(timeout=300), n.returncode) for n in nodes]
@@ -156,17 +157,18 @@ def test_a_two_process_fine_tune_trains_an_epoch_and_its_model_loads(tmp_path):
     """One batch of one image per process, and one image cannot be decoded: the process
     that draws it has nothing to train on, so every process skips that batch together
     (otherwise the other one would wait for it forever in the gradient all-reduce)."""
-    from support.imagegen import make_folder
-
     from featx.training import load_checkpoint
+    from support.imagegen import make_folder
 
     data = make_folder(tmp_path / "data", {"a": 10, "b": 10})
     (data / "a" / "broken.jpg").write_bytes((data / "a" / "00.jpg").read_bytes()[:200])
     val = make_folder(tmp_path / "val", {"a": 2, "b": 2}, start_seed=100)
     out = tmp_path / "run"
-    proc = torchrun(2, ["finetune", "--data", str(data), "--val", str(val), "--backbone", "efficientnet_lite0",
-                        "--image-size", "64", "--epochs", "1", "--strategy", "full", "--batch-size", "1",
-                        "--workers", "0", "--device", "cpu", "--out", str(out), "--cache", str(tmp_path / "cache")],
+    proc = torchrun(2,
+                    ["finetune", "--data", str(data), "--val", str(val), "--backbone", "efficientnet_lite0",
+                     "--image-size", "64", "--epochs", "1", "--strategy", "full", "--batch-size", "1",
+                     "--workers", "0", "--device", "cpu", "--out", str(out), "--cache",
+                     str(tmp_path / "cache")],
                    tmp_path)
     stdout, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -187,16 +189,16 @@ def test_a_two_process_fine_tune_trains_an_epoch_and_its_model_loads(tmp_path):
 @pytest.mark.slow
 def test_a_killed_two_process_fine_tune_resumes_to_the_uninterrupted_weights(tmp_path):
     import torch
-    from support.imagegen import make_folder
 
     from featx.training import load_checkpoint
+    from support.imagegen import make_folder
 
     data = make_folder(tmp_path / "data", {"a": 10, "b": 10})
 
     def args(out):
         return ["finetune", "--data", str(data), "--backbone", "efficientnet_lite0", "--image-size", "64",
-                "--epochs", "3", "--patience", "9", "--strategy", "full", "--batch-size", "4", "--workers", "0",
-                "--device", "cpu", "--out", str(tmp_path / out), "--cache", str(tmp_path / "cache")]
+                "--epochs", "3", "--patience", "9", "--strategy", "full", "--batch-size", "4", "--workers",
+                "0", "--device", "cpu", "--out", str(tmp_path / out), "--cache", str(tmp_path / "cache")]
 
     whole = torchrun(2, args("whole"), tmp_path)
     assert whole.wait(timeout=300) == 0, whole.communicate()[1]

@@ -3,9 +3,9 @@ import io
 import numpy as np
 import pytest
 from PIL import Image
-from support.imagegen import jpeg_bytes, photo
 
 from featx.data.images import ImageDecodeError, decode_rgb
+from support.imagegen import jpeg_bytes, photo
 
 
 def _png(im: Image.Image, **kw) -> bytes:
@@ -87,7 +87,8 @@ def test_large_jpegs_decode_at_reduced_size_that_still_covers_the_resize():
 
     big = jpeg_bytes(photo(7, size=(1600, 1200)))
     full, reduced = decode_rgb(big), decode_rgb(big, min_side=256)
-    assert full.size == (1600, 1200) and reduced.size == (400, 300)  # libjpeg's 1/4 scale: >= 256 on the short side
+    # libjpeg's 1/4 scale: at least 256 pixels on the short side
+    assert full.size == (1600, 1200) and reduced.size == (400, 300)
     small = jpeg_bytes(photo(8, size=(500, 375)))
     assert decode_rgb(small, min_side=256).size == (500, 375)  # halving would fall below 256: decoded whole
     png = io.BytesIO()
@@ -95,4 +96,5 @@ def test_large_jpegs_decode_at_reduced_size_that_still_covers_the_resize():
     assert decode_rgb(png.getvalue(), min_side=256).size == (1600, 1200)  # only JPEGs scale in the decoder
     pre = Preprocessing()
     a, b = pre.to_uint8(full).float(), pre.decode(big).float()
-    assert a.shape == b.shape == (3, 224, 224) and (a - b).abs().mean() < 1.0  # under one grey level on average
+    assert a.shape == b.shape == (3, 224, 224)
+    assert (a - b).abs().mean() < 1.0  # under one grey level on average

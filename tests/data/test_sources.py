@@ -3,10 +3,10 @@ import io
 import tarfile
 
 import pytest
-from support.imagegen import jpeg_bytes, make_folder, photo
 
 from featx.core.errors import SourceError
 from featx.data.sources import CsvSource, ImageFolderSource, TarSource, open_source
+from support.imagegen import jpeg_bytes, make_folder, photo
 
 
 def test_image_folder_order_keys_classes_and_problems(tmp_path):

@@ -166,7 +166,8 @@ def test_texture_not_colour_tells_the_classes_apart(tmp_path):
     root = generate(tmp_path / "data", train_per_class=20, test_per_class=10, size=64)
     data = {}
     for split in ("train", "test"):
-        paths = [(p, label) for label, name in enumerate(CLASSES) for p in sorted((root / split / name).glob("*.png"))]
+        paths = [(p, label) for label, name in enumerate(CLASSES)
+                 for p in sorted((root / split / name).glob("*.png"))]
         images = np.array([np.asarray(Image.open(p), dtype=np.float64) / 255 for p, _ in paths])
         data[split] = images, np.array([label for _, label in paths])
 

@@ -14,6 +14,8 @@ import shutil
 from collections import Counter
 
 import pytest
+
+from featx.heads.bundle import load as load_model
 from support.crash import (
     COMMIT_EVERY_BATCH,
     assert_intact,
@@ -25,9 +27,8 @@ from support.crash import (
 )
 from support.imagegen import jpeg_bytes, make_folder, photo
 
-from featx.heads.bundle import load as load_model
-
-EXTRACT = ["extract", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8", "--workers", "1"]
+EXTRACT = ["extract", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8",
+           "--workers", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +40,8 @@ def job(tmp_path_factory):
     (data / "a" / "broken.jpg").write_bytes(jpeg_bytes(photo(1))[:600])
     (data / "b" / "empty.jpg").write_bytes(b"")
     cache = tmp / "reference"
-    first, end, path = work_window([*EXTRACT, "--data", str(data), "--cache", str(cache), *COMMIT_EVERY_BATCH], tmp,
-                                   cache)
+    args = [*EXTRACT, "--data", str(data), "--cache", str(cache), *COMMIT_EVERY_BATCH]
+    first, end, path = work_window(args, tmp, cache)
     return tmp, data, path, (first, end)
 
 
@@ -77,9 +78,9 @@ def test_extraction_killed_fifty_times_always_resumes_to_the_reference_store(job
     anywhere = Counter(_kill_and_rerun(job, tmp_path / str(t), rng.uniform(0, end), False) for t in range(10))
     working = Counter(_kill_and_rerun(job, tmp_path / str(t), rng.uniform(0, end - first), True)
                       for t in range(10, 50))
-    print(json.dumps({"kills": 50, "reference_seconds": {"first_commit": round(first, 2), "store_in_place": round(end - 0.2, 2)},
-                      "landed_anywhere": dict(anywhere), "landed_after_first_commit": dict(working),
-                      "reruns_equal_to_reference": 50}))
+    reference = {"first_commit": round(first, 2), "store_in_place": round(end - 0.2, 2)}
+    print(json.dumps({"kills": 50, "reference_seconds": reference, "landed_anywhere": dict(anywhere),
+                      "landed_after_first_commit": dict(working), "reruns_equal_to_reference": 50}))
     assert working["finished before the kill"] <= 10
 
 
@@ -93,7 +94,8 @@ STEPS = {
     # the store partly written under its temporary name
     "store partly written": _KILL + (
         "import featx.store.hdf5 as S\nS.WRITE_BLOCK = 32\n_t, _n = S.take, [0]\n"
-        "def take(x, rows):\n    _n[0] += 1\n    return _die() if _n[0] == 2 else _t(x, rows)\nS.take = take\n"),
+        "def take(x, rows):\n    _n[0] += 1\n    return _die() if _n[0] == 2 else _t(x, rows)\n"
+        "S.take = take\n"),
     # the store complete under its temporary name, not yet renamed
     "store before its rename": _KILL + (
         "import featx.core.files as F\n_r = F.os.replace\n"
@@ -104,7 +106,9 @@ STEPS = {
 
 
 @pytest.mark.parametrize("step", list(STEPS))
-def test_a_kill_at_each_step_of_writing_leaves_readable_files_and_the_rerun_equals_the_reference(job, tmp_path, step):
+def test_a_kill_at_each_step_of_writing_leaves_readable_files_and_the_rerun_equals_the_reference(job,
+                                                                                                 tmp_path,
+                                                                                                 step):
     root, data, reference, _ = job
     cache = tmp_path / "cache"
     if step == "journal before it is cleared":  # an older store is replaced: it must survive the kill intact
@@ -134,10 +138,12 @@ def test_a_killed_pipeline_run_leaves_readable_files_and_reruns_to_the_same_repo
     (tmp_path / "p.yaml").write_text(
         f"name: crash\ndata: {{train: {data}, test_fraction: 0.3}}\nbackbones: [pixels]\n"
         "heads: [logreg, knn, ridge]\nreport: {efficiency: {shots: [2, 5], draws: 2}}\n")
-    ref = ["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "ref"), "--cache", str(tmp_path / "refcache")]
+    ref = ["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "ref"), "--cache",
+           str(tmp_path / "refcache")]
     rc, _, err, seconds = run_featx(ref, tmp_path)
     assert rc == 0, err
-    args = ["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "out"), "--cache", str(tmp_path / "cache")]
+    args = ["run", str(tmp_path / "p.yaml"), "--out", str(tmp_path / "out"), "--cache",
+            str(tmp_path / "cache")]
     for fraction in (0.75,):
         kill_after(args, tmp_path, fraction * seconds)
         assert_intact(tmp_path / "out", tmp_path / "cache")

@@ -12,10 +12,10 @@ from sklearn.base import clone
 from sklearn.linear_model import LogisticRegression
 from sklearn.model_selection import GridSearchCV
 from sklearn.pipeline import make_pipeline
-from support.imagegen import make_folder
 
 from featx import ImageEmbedder, extract, load
 from featx.core.errors import SourceError
+from support.imagegen import make_folder
 
 
 def _embedded(caplog) -> list[int]:
@@ -65,7 +65,8 @@ def test_rows_follow_the_paths_whatever_their_order_subset_or_repeats(photos, tm
     assert _embedded(caplog) == [0] and store.stat().st_mtime_ns == written  # nothing embedded or rewritten
     np.testing.assert_array_equal(again, everything[order])
     # the features are those featx extract computes for the same images
-    X, _, keys, _ = load(extract(str(tmp_path / "photos"), emb._network(), tmp_path / "other", workers=0).path)
+    result = extract(str(tmp_path / "photos"), emb._network(), tmp_path / "other", workers=0)
+    X, _, keys, _ = load(result.path)
     np.testing.assert_allclose(everything[:, :1280], X, atol=1e-4)
 
 

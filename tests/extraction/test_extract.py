@@ -8,11 +8,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from support.crash import store_equal
-from support.imagegen import jpeg_bytes, make_folder, photo
 
 from featx.extraction import extract
 from featx.store import Journal, info, load, read, remove, verify
+from support.crash import store_equal
+from support.imagegen import jpeg_bytes, make_folder, photo
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -99,7 +99,8 @@ def test_modes_embed_and_broken_files_are_recorded(tmp_path, lite0_small):
     (d / "empty.jpg").write_bytes(b"")
     r = extract(tmp_path / "data", lite0_small, tmp_path / "cache", batch_size=4)
     _, _, keys, _ = load(r.path)
-    assert sorted(keys) == ["x/cmyk.jpg", "x/exif.jpg", "x/gray.png", "x/gray16.png", "x/palette.png", "x/rgba.png"]
+    assert sorted(keys) == ["x/cmyk.jpg", "x/exif.jpg", "x/gray.png", "x/gray16.png", "x/palette.png",
+                            "x/rgba.png"]
     skipped = {s["key"]: s["reason"] for s in info(r.path)["skipped"]}
     assert set(skipped) == {"x/truncated.jpg", "x/text.jpg", "x/empty.jpg"}
     assert skipped["x/empty.jpg"] == "empty file"
@@ -125,7 +126,8 @@ def test_sigkilled_extraction_resumes_to_an_identical_store(hymenoptera, tmp_pat
     data = f"{hymenoptera}:hymenoptera/val"
     job = (
         "import sys; from featx.extraction import extract; "
-        f"extract({data!r}, 'efficientnet_lite0', sys.argv[1], image_size=96, batch_size=8, commit_rows=8, workers=1)"
+        f"extract({data!r}, 'efficientnet_lite0', sys.argv[1], image_size=96, batch_size=8, commit_rows=8, "
+        "workers=1)"
     )
     cache = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", job, str(cache)], cwd=ROOT)
@@ -143,7 +145,8 @@ def test_sigkilled_extraction_resumes_to_an_identical_store(hymenoptera, tmp_pat
     store_name = journal_chunks[0].parent.name.removesuffix(".journal")
     committed = sum(len(p) for p in Journal(cache / store_name).read())
 
-    resumed = extract(data, "efficientnet_lite0", cache, image_size=96, batch_size=8, commit_rows=8, workers=1)
+    resumed = extract(data, "efficientnet_lite0", cache, image_size=96, batch_size=8, commit_rows=8,
+                      workers=1)
     assert (resumed.reused, resumed.embedded) == (committed, 153 - committed) and committed >= 24
     assert not Journal(resumed.path).dir.exists()
 
@@ -172,7 +175,8 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path, li
     path = extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0).path
     (tmp_path / "data" / "a" / "new.jpg").write_bytes(jpeg_bytes(photo(77)))
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys, time; from pathlib import Path; from featx.store import write_lock\n"
+        [sys.executable, "-c",
+         "import sys, time; from pathlib import Path; from featx.store import write_lock\n"
          "with write_lock(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(60)", str(path)],
         stdout=subprocess.PIPE, text=True, cwd=ROOT,
     )
@@ -299,8 +303,10 @@ def test_workers_hand_over_slices_but_the_model_sees_whole_batches(tmp_path, lit
     sizes = []
     handle = lite0_small.model.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
     try:
-        parallel = extract(tmp_path / "data", lite0_small, tmp_path / "c1", batch_size=8, workers=2, precision="fp32")
-        inline = extract(tmp_path / "data", lite0_small, tmp_path / "c2", batch_size=8, workers=0, precision="fp32")
+        parallel = extract(tmp_path / "data", lite0_small, tmp_path / "c1", batch_size=8, workers=2,
+                           precision="fp32")
+        inline = extract(tmp_path / "data", lite0_small, tmp_path / "c2", batch_size=8, workers=0,
+                         precision="fp32")
     finally:
         handle.remove()
     assert sizes == [8, 8, 4] * 2  # slices of one image each, joined into batches of 8
@@ -320,9 +326,11 @@ def test_default_workers_follow_cores_device_and_memory(monkeypatch):
 
 def test_the_chosen_precision_is_the_one_computed(tmp_path, lite0_small):
     make_folder(tmp_path / "data", {"a": 3, "b": 3})
-    X = {prec: load(extract(tmp_path / "data", lite0_small, tmp_path / "c", precision=prec, device="cpu").path)[0]
-         for prec in ("fp32", "bf16")}
-    cos = np.sum(X["fp32"] * X["bf16"], 1) / np.linalg.norm(X["fp32"], axis=1) / np.linalg.norm(X["bf16"], axis=1)
+    stores = {p: extract(tmp_path / "data", lite0_small, tmp_path / "c", precision=p, device="cpu").path
+              for p in ("fp32", "bf16")}
+    X = {prec: load(path).X for prec, path in stores.items()}
+    norms = np.linalg.norm(X["fp32"], axis=1) * np.linalg.norm(X["bf16"], axis=1)
+    cos = np.sum(X["fp32"] * X["bf16"], 1) / norms
     assert not np.array_equal(X["fp32"], X["bf16"])  # bfloat16 really ran
     assert cos.min() > 0.99
 

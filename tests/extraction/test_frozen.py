@@ -3,11 +3,11 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from support.imagegen import make_folder
 
 from featx import store
 from featx.extraction import extract, frozen
 from featx.extraction.frozen import frozen_embed, use_frozen
+from support.imagegen import make_folder
 
 
 def test_only_large_bf16_jobs_on_the_cpu_use_it():

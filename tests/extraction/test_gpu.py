@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from support.imagegen import jpeg_bytes, make_folder, photo
 
 from featx import store
 from featx.core.errors import FeatxError
 from featx.extraction import extract
 from featx.extraction.gpu_decode import gpu_ready
+from support.imagegen import jpeg_bytes, make_folder, photo
 
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -7,7 +7,6 @@ import json
 
 import numpy as np
 import pytest
-from support.imagegen import make_folder
 
 from featx.cli import main
 from featx.extraction import extract
@@ -17,6 +16,7 @@ from featx.heads.bundle import save as save_model
 from featx.heads.fitting import train as train_head
 from featx.heads.predict import predict
 from featx.store import load
+from support.imagegen import make_folder
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +107,8 @@ def test_predict_refuses_a_tampered_model_in_one_line(trained, tmp_path, capsys)
     copy = tmp_path / "m.joblib"
     copy.write_bytes(path.read_bytes() + b"\0")
     (tmp_path / "m.joblib.json").write_bytes(path.with_name(path.name + ".json").read_bytes())
-    assert main(["predict", "--model", str(copy), "--data", str(folder), "--out", str(tmp_path / "p.csv")]) == 1
+    assert main(["predict", "--model", str(copy), "--data", str(folder), "--out",
+                 str(tmp_path / "p.csv")]) == 1
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "refusing to load" in err and str(copy) in err
     assert not (tmp_path / "p.csv").exists()

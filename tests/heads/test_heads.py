@@ -116,7 +116,8 @@ def test_a_sweep_in_parts_gives_the_same_choice_on_loky_and_on_a_dask_cluster():
     assert [s["accuracy"] for s in loky.val_scores_] == [s["accuracy"] for s in dask.val_scores_]
     assert loky.score(X_test, y_test) == dask.score(X_test, y_test)
     # and the parts add up to the whole grid that one process sweeps
-    assert len(loky.val_scores_) == len(make_head("logreg", device="cpu").fit(X[:450], y[:450]).val_scores_) == 25
+    alone = make_head("logreg", device="cpu").fit(X[:450], y[:450])
+    assert len(loky.val_scores_) == len(alone.val_scores_) == 25
 
 
 def test_an_unknown_or_missing_sweep_backend_is_one_clear_error(monkeypatch):
@@ -125,11 +126,13 @@ def test_an_unknown_or_missing_sweep_backend_is_one_clear_error(monkeypatch):
     from featx.core.errors import FeatxError
     from featx.heads.sweeps import sweep_backend
 
-    with pytest.raises(FeatxError, match="sweep_backend='spark': choose loky, dask, ray"), sweep_backend("spark"):
+    unknown = "sweep_backend='spark': choose loky, dask, ray"
+    with pytest.raises(FeatxError, match=unknown), sweep_backend("spark"):
         pass
     real = builtins.__import__
     monkeypatch.setattr(builtins, "__import__",
-                        lambda name, *a, **k: (_ for _ in ()).throw(ImportError(name)) if name.startswith("ray")
+                        lambda name, *a,
+                        **k: (_ for _ in ()).throw(ImportError(name)) if name.startswith("ray")
                         else real(name, *a, **k))
     with pytest.raises(FeatxError, match=r"ray is not installed \(pip install ray\)"), sweep_backend("ray"):
         pass

@@ -100,7 +100,8 @@ def test_logreg_head_chooses_the_same_C_as_fresh_scikit_learn_fits():
                     .predict(s.transform(X[va])) == y[va]) for c in C_GRID]
     ours = [row["accuracy"] for row in head.val_scores_]
     assert np.abs(np.array(ours) - np.array(accs)).max() <= 2 / len(va)  # a row or two at most
-    assert head.best_params_["C"] in {float(C_GRID[i]) for i in np.flatnonzero(np.array(accs) >= max(accs) - 1 / len(va))}
+    near_best = np.flatnonzero(np.array(accs) >= max(accs) - 1 / len(va))
+    assert head.best_params_["C"] in {float(C_GRID[i]) for i in near_best}
 
 
 def _val_rows(head, y):
@@ -126,7 +127,8 @@ def test_refuses_a_single_class():
 def test_cosine_knn_matches_scikit_learn(k):
     X, y = blobs(n=500, d=30, k=4, seed=4)
     Xq, _ = blobs(n=200, d=30, k=4, seed=5)
-    ref = make_pipeline(Normalizer(), KNeighborsClassifier(k, weights="distance", algorithm="brute")).fit(X, y)
+    ref = make_pipeline(Normalizer(), KNeighborsClassifier(k, weights="distance", algorithm="brute")).fit(X,
+                                                                                                          y)
     ours = CosineKNN(k, device="cpu").fit(X, y)
     np.testing.assert_array_equal(ours.predict(Xq), ref.predict(Xq))
     np.testing.assert_allclose(ours.predict_proba(Xq), ref.predict_proba(Xq), atol=1e-5)

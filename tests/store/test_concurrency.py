@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
+from featx import store
 from support.crash import featx_process, run_featx, store_equal
 from support.imagegen import make_folder
 
-from featx import store
-
-EXTRACT = ["extract", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8", "--workers", "1"]
+EXTRACT = ["extract", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8",
+           "--workers", "1"]
 
 
 def test_two_extractions_on_one_store_both_finish_or_one_refuses(tmp_path):

@@ -43,7 +43,8 @@ def test_a_store_written_in_blocks_equals_one_written_at_once(tmp_path, monkeypa
                                             {"embedding": Taken(lazy.features["embedding"], sel)}),
                 labels, ["x"], {}, "m")
     write_store(tmp_path / "whole.h5", Rows(eager.keys[sel], eager.stamps[sel], eager.sha256[sel],
-                                           {"embedding": eager.features["embedding"][sel]}), labels, ["x"], {}, "m")
+                                           {"embedding": eager.features["embedding"][sel]}),
+                labels, ["x"], {}, "m")
     with h5py.File(tmp_path / "blocks.h5") as f, h5py.File(tmp_path / "whole.h5") as g:
         np.testing.assert_array_equal(f["features/embedding"][()], g["features/embedding"][()])
         assert f["features/embedding"].attrs["sha256"] == g["features/embedding"].attrs["sha256"]
@@ -67,7 +68,8 @@ def test_verify_finds_a_flipped_bit_in_any_dataset_and_a_truncated_file(tmp_path
 
     good = tmp_path / "good.h5"
     r = rows(50, dim=16)
-    r.skipped_keys, r.skipped_stamps, r.skipped_reasons = np.array(["bad.jpg"]), np.array(["1:2"]), np.array(["empty"])
+    r.skipped_keys, r.skipped_stamps = np.array(["bad.jpg"]), np.array(["1:2"])
+    r.skipped_reasons = np.array(["empty"])
     write_store(good, r, np.arange(50) % 3, ["a", "b", "c"], {"backbone": {"name": "x"}}, "m")
     assert store.verify(good) == []
     for name in ("features/embedding", "keys", "stamps", "sha256", "labels", "classes", "skipped/keys",
@@ -86,7 +88,8 @@ def test_verify_finds_a_flipped_bit_in_any_dataset_and_a_truncated_file(tmp_path
     truncated = tmp_path / "truncated.h5"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     assert len(store.verify(truncated)) == 1
-    assert "not a readable HDF5 store" in store.verify(truncated)[0] or "unreadable" in store.verify(truncated)[0]
+    problem = store.verify(truncated)[0]
+    assert "not a readable HDF5 store" in problem or "unreadable" in problem
 
 
 def test_stores_of_the_first_format_still_read_and_verify(tmp_path):

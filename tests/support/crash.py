@@ -21,8 +21,9 @@ ROOT = Path(__file__).resolve().parents[2]
 def featx_process(args: list[str], cwd: Path, prelude: str = "") -> subprocess.Popen:
     """``featx ARGS`` in a child process; ``prelude`` runs first (to plant a fault)."""
     code = f"{prelude}\nimport sys\nfrom featx.cli import main\nsys.exit(main(sys.argv[1:]))"
-    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, env={**os.environ, "PYTHONPATH": str(ROOT)},
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
 
 
 def run_featx(args: list[str], cwd: Path, prelude: str = "") -> tuple[int, str, str, float]:
@@ -119,7 +120,8 @@ def store_equal(a: Path, b: Path) -> None:
     (ra, la, ca), (rb, lb, cb) = (a.rows, a.labels, a.classes), (b.rows, b.labels, b.classes)
     assert ca == cb and np.array_equal(la, lb)
     assert list(ra.keys) == list(rb.keys) and list(ra.sha256) == list(rb.sha256)
-    assert list(ra.skipped_keys) == list(rb.skipped_keys) and list(ra.skipped_reasons) == list(rb.skipped_reasons)
+    assert list(ra.skipped_keys) == list(rb.skipped_keys)
+    assert list(ra.skipped_reasons) == list(rb.skipped_reasons)
     assert set(ra.features) == set(rb.features)
     for name in ra.features:
         assert np.array_equal(ra.features[name], rb.features[name]), name

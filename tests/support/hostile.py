@@ -187,8 +187,10 @@ def _yamls(root: Path) -> list[Case]:
     (root / "python_tag.yaml").write_text(
         base + f"seed: !!python/object/apply:os.system ['touch {marker}']\n")
     return [
-        Case("pipeline YAML with an unknown key", "yaml:unknown_key.yaml", "", "refused", r"unknown key 'heads_typo'"),
-        Case("pipeline YAML with a wrong type", "yaml:wrong_type.yaml", "", "refused", r"heads must be a non-empty list"),
+        Case("pipeline YAML with an unknown key", "yaml:unknown_key.yaml", "", "refused",
+             r"unknown key 'heads_typo'"),
+        Case("pipeline YAML with a wrong type", "yaml:wrong_type.yaml", "", "refused",
+             r"heads must be a non-empty list"),
         Case("pipeline YAML with a !!python tag", "yaml:python_tag.yaml", "", "refused",
              r"not valid YAML|could not determine a constructor"),
     ]
@@ -203,7 +205,8 @@ def outcomes(root: Path, cases: list[Case], backbone, cache: Path) -> list[dict]
     from featx.extraction import extract
     from featx.heads.fitting import train as train_head
 
-    specs = {"folder": str(root / "folder"), "single": str(root / "single"), "tar": f"{root / 'members.tar'}:root"}
+    specs = {"folder": str(root / "folder"), "single": str(root / "single"),
+             "tar": f"{root / 'members.tar'}:root"}
     results = []
     for inp in dict.fromkeys(c.input for c in cases):
         mine = [c for c in cases if c.input == inp]
@@ -230,7 +233,7 @@ def outcomes(root: Path, cases: list[Case], backbone, cache: Path) -> list[dict]
                 outcome, reason = "skipped", skipped[shown]
             else:
                 outcome, reason = "missing", ""
-            results.append({"case": store.printable(c.name), "input": inp, "expected": c.expect, "outcome": outcome,
-                            "reason": reason,
+            results.append({"case": store.printable(c.name), "input": inp, "expected": c.expect,
+                            "outcome": outcome, "reason": reason,
                             "as_expected": outcome == c.expect and bool(re.search(c.reason, reason))})
     return results

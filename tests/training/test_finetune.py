@@ -13,7 +13,6 @@ import time
 import numpy as np
 import pytest
 import torch
-from support.imagegen import make_folder
 
 from featx import training as ft
 from featx.backbones import load_backbone
@@ -22,6 +21,7 @@ from featx.core.errors import FeatxError
 from featx.training import state as ft_state
 from featx.training.probe import frozen_features, linear_probe_weights
 from featx.training.splits import make_splits
+from support.imagegen import make_folder
 
 TINY = "timm:test_efficientnet"  # timm's 0.36 M-parameter EfficientNet, random weights saved by the test
 
@@ -51,8 +51,8 @@ def test_each_strategy_changes_exactly_the_parameters_it_should(tmp_path, data, 
     train, test, weights = data
     scratch = strategy == "scratch"
     settings = ft.Settings(strategy="full" if scratch else strategy, pretrained=not scratch, **SETTINGS)
-    r = ft.finetune(train, TINY, tmp_path / "run", test=test, settings=settings, weights=None if scratch else weights,
-                    cache_dir=tmp_path / "cache", workers=0)
+    r = ft.finetune(train, TINY, tmp_path / "run", test=test, settings=settings,
+                    weights=None if scratch else weights, cache_dir=tmp_path / "cache", workers=0)
     assert r.best_epoch == 1 and r.epochs_run == 1
     after = _state(r.model)
     if scratch:
@@ -67,11 +67,13 @@ def test_each_strategy_changes_exactly_the_parameters_it_should(tmp_path, data, 
     trained = {"head": set(), "last_k": last_two}.get(strategy, params)
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed & params == trained  # every trained parameter moved, no frozen one did
-    assert "conv_stem.weight" in params and ("conv_stem.weight" in changed) == (strategy not in ("head", "last_k"))
+    assert "conv_stem.weight" in params and ("conv_stem.weight" in changed) == (strategy not in ("head",
+                                                                                                 "last_k"))
     buffers = {k for k in before if k not in params and before[k].is_floating_point()}
     # BatchNorm statistics: a pretrained network keeps its own; from scratch they are learnt
     assert bool(changed & buffers) == scratch
-    assert after["classifier.weight"].shape == (2, net.embed_dim)  # the new classifier, in the network's own slot
+    # the new classifier, in the network's own slot
+    assert after["classifier.weight"].shape == (2, net.embed_dim)
     if scratch:
         assert not any(torch.equal(before[k], _state(weights)[k]) for k in params if before[k].ndim > 1)
 
@@ -143,7 +145,8 @@ def test_resume_after_a_kill_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, 
     subprocess.run(_cli(*common, "--out", str(tmp_path / "whole")), check=True, env=env, capture_output=True)
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen(_cli(*common, "--out", str(run)), env=env, stderr=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+    proc = subprocess.Popen(_cli(*common, "--out", str(run)), env=env, stderr=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
     while not (run / "last.pt").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -155,15 +158,18 @@ def test_resume_after_a_kill_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, 
     done = _state(run / "last.pt")["epoch"]
     assert 1 <= done < 4 and not (run / "metrics.json").exists()
 
-    again = subprocess.run(_cli(*common, "--out", str(run)), env=env, capture_output=True, text=True, check=False)
+    again = subprocess.run(_cli(*common, "--out", str(run)), env=env, capture_output=True, text=True,
+                           check=False)
     assert again.returncode == 1 and "pass --resume to continue it" in again.stderr
-    resumed = subprocess.run(_cli(*common, "--out", str(run), "--resume"), env=env, capture_output=True, text=True, check=False)
+    resumed = subprocess.run(_cli(*common, "--out", str(run), "--resume"), env=env, capture_output=True,
+                             text=True, check=False)
     assert resumed.returncode == 0, resumed.stderr
     assert f"resuming after epoch {done} of 4" in resumed.stderr
 
     a, b = (json.loads((tmp_path / d / "metrics.json").read_text()) for d in ("whole", "killed"))
     assert [h["epoch"] for h in a["history"]] == [h["epoch"] for h in b["history"]] == [0, 1, 2, 3, 4]
-    assert [h["val_loss"] for h in a["history"]] == pytest.approx([h["val_loss"] for h in b["history"]], rel=1e-4)
+    assert [h["val_loss"] for h in a["history"]] == pytest.approx([h["val_loss"] for h in b["history"]],
+                                                                  rel=1e-4)
     assert b["best_epoch"] == a["best_epoch"]
     assert a["test"] == b["test"]  # on the CPU a resumed run repeats the same crops, flips and shuffles
     whole, resumed = _state(tmp_path / "whole" / "model.pt"), _state(run / "model.pt")
@@ -173,7 +179,8 @@ def test_resume_after_a_kill_mid_epoch_ends_like_an_uninterrupted_run(tmp_path, 
 
 def test_a_kill_between_the_checkpoint_and_model_pt_is_mended_on_resume(tmp_path, data, monkeypatch):
     train, test, weights = data
-    kw = {"test": test, "settings": ft.Settings(strategy="full", epochs=2, patience=9, image_size=32, batch_size=8),
+    kw = {"test": test,
+          "settings": ft.Settings(strategy="full", epochs=2, patience=9, image_size=32, batch_size=8),
           "weights": weights, "cache_dir": tmp_path / "cache", "workers": 0}
     whole = ft.finetune(train, TINY, tmp_path / "whole", **kw)
 
@@ -187,7 +194,10 @@ def test_a_kill_between_the_checkpoint_and_model_pt_is_mended_on_resume(tmp_path
     assert _state(tmp_path / "run" / "last.pt")["epoch"] == 1 and not (tmp_path / "run" / "model.pt").exists()
     resumed = ft.finetune(train, TINY, tmp_path / "run", resume=True, **kw)
     same = ("epoch", "val_accuracy", "val_loss", "train_loss")
-    assert [[h[k] for k in same] for h in resumed.metrics["history"]] == [[h[k] for k in same] for h in whole.metrics["history"]]
+    def history(r):
+        return [[h[k] for k in same] for h in r.metrics["history"]]
+
+    assert history(resumed) == history(whole)
     assert resumed.best_epoch == whole.best_epoch and resumed.test == whole.test
     a, b = _state(whole.model), _state(resumed.model)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -201,14 +211,17 @@ def test_a_fine_tuned_network_is_a_backbone_for_extract_heads_and_predict(tmp_pa
     from featx.heads.predict import predict
 
     train, test, weights = data
-    r = ft.finetune(train, TINY, tmp_path / "run", test=test, settings=ft.Settings(strategy="full", **SETTINGS),
-                    weights=weights, cache_dir=tmp_path / "cache", workers=0)
+    r = ft.finetune(train, TINY, tmp_path / "run", test=test,
+                    settings=ft.Settings(strategy="full", **SETTINGS), weights=weights,
+                    cache_dir=tmp_path / "cache", workers=0)
     digest = hashlib.sha256(r.model.read_bytes()).hexdigest()
     ex = extract(str(test), TINY, tmp_path / "cache", weights=str(r.model), image_size=32, workers=0)
     assert store.info(ex.path)["provenance"]["backbone"]["weights_sha256"] == digest
     X = store.load(ex.path)[0]
-    X0 = store.load(extract(str(test), TINY, tmp_path / "cache", weights=str(weights), image_size=32, workers=0).path)[0]
-    assert X.shape == X0.shape and not np.allclose(X, X0)  # the fine-tuned network's features, not the original's
+    original = extract(str(test), TINY, tmp_path / "cache", weights=str(weights), image_size=32, workers=0)
+    X0 = store.load(original.path)[0]
+    # the fine-tuned network's features, not the original's
+    assert X.shape == X0.shape and not np.allclose(X, X0)
 
     b = train_head(extract(str(train), TINY, tmp_path / "cache", weights=str(r.model), image_size=32,
                              workers=0).path, "logreg")
@@ -240,15 +253,18 @@ def test_bad_settings_fail_in_one_line(kwargs, message):
 def test_a_run_folder_is_never_overwritten_by_other_settings(tmp_path, data):
     train, _, weights = data
     kw = {"weights": weights, "cache_dir": tmp_path / "cache", "workers": 0}
-    first = ft.finetune(train, TINY, tmp_path / "run", settings=ft.Settings(strategy="head", **SETTINGS), **kw)
+    first = ft.finetune(train, TINY, tmp_path / "run", settings=ft.Settings(strategy="head", **SETTINGS),
+                        **kw)
     before = first.model.read_bytes()
-    again = ft.finetune(train, TINY, tmp_path / "run", settings=ft.Settings(strategy="head", **SETTINGS), **kw)
+    again = ft.finetune(train, TINY, tmp_path / "run", settings=ft.Settings(strategy="head", **SETTINGS),
+                        **kw)
     assert again.metrics == first.metrics  # the same run: read back, not trained again
     with pytest.raises(FeatxError, match="holds a fine-tune with other settings"):
         ft.finetune(train, TINY, tmp_path / "run", settings=ft.Settings(strategy="full", **SETTINGS), **kw)
     assert first.model.read_bytes() == before
     with pytest.raises(FeatxError, match="pixels: has no network to fine-tune"):
-        ft.finetune(train, "pixels", tmp_path / "px", settings=ft.Settings(**SETTINGS), cache_dir=tmp_path / "cache")
+        ft.finetune(train, "pixels", tmp_path / "px", settings=ft.Settings(**SETTINGS),
+                    cache_dir=tmp_path / "cache")
 
 
 def test_gradient_accumulation_matches_one_large_batch(tmp_path, data):
@@ -256,21 +272,23 @@ def test_gradient_accumulation_matches_one_large_batch(tmp_path, data):
     kw = {"weights": weights, "cache_dir": tmp_path / "cache", "workers": 0}
     common = {"strategy": "head", "epochs": 1, "image_size": 32, "optimizer": "sgd", "warmup_epochs": 0}
     big = ft.finetune(train, TINY, tmp_path / "big", settings=ft.Settings(batch_size=8, **common), **kw)
-    acc = ft.finetune(train, TINY, tmp_path / "acc", settings=ft.Settings(batch_size=4, accumulate=2, **common), **kw)
+    acc = ft.finetune(train, TINY, tmp_path / "acc",
+                      settings=ft.Settings(batch_size=4, accumulate=2, **common), **kw)
     assert acc.metrics["effective_batch_size"] == big.metrics["effective_batch_size"] == 8
     a, b = _state(big.model), _state(acc.model)
     torch.testing.assert_close(a["classifier.weight"], b["classifier.weight"], rtol=1e-4, atol=1e-6)
     # while batches of 4 without accumulation take twice the steps and end elsewhere
     small = ft.finetune(train, TINY, tmp_path / "small", settings=ft.Settings(batch_size=4, **common), **kw)
-    assert not torch.allclose(_state(small.model)["classifier.weight"], a["classifier.weight"], rtol=1e-4, atol=1e-6)
+    assert not torch.allclose(_state(small.model)["classifier.weight"], a["classifier.weight"], rtol=1e-4,
+                              atol=1e-6)
 
 
 def test_cli_refuses_a_strategy_with_scratch_and_a_second_trainer_on_one_folder(tmp_path, data, capsys):
     train, _, weights = data
     assert main(["finetune", "--data", str(train), "--backbone", TINY, "--out", str(tmp_path / "r"),
                  "--scratch", "--strategy", "head"]) == 1
-    assert capsys.readouterr().err == ("featx: error: --strategy head: scratch trains the whole network from random "
-                                       "weights, so it takes no strategy\n")
+    assert capsys.readouterr().err == ("featx: error: --strategy head: scratch trains the whole network from "
+                                       "random weights, so it takes no strategy\n")
     (tmp_path / "busy").mkdir()
     holder = subprocess.Popen([sys.executable, "-c", (
         "import sys, time; from pathlib import Path; from featx.store import write_lock\n"

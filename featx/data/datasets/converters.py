@@ -89,7 +89,8 @@ def cifar(batches: dict[str, list[str]], names: str, label_bytes: int):
                 for member in members:
                     raw = np.frombuffer(read(member), dtype=np.uint8)
                     if raw.size % record:
-                        raise ConvertError(f"{archive}: {member} is not a whole number of {record}-byte records")
+                        raise ConvertError(f"{archive}: {member} is not a whole number of "
+                                           f"{record}-byte records")
                     raw = raw.reshape(-1, record)
                     images = raw[:, label_bytes:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
                     for pixels, label in zip(images, raw[:, label_bytes - 1]):

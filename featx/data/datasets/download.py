@@ -69,8 +69,8 @@ def fetch(remote: Remote, folder: str | os.PathLike, offline_hint: str = "") -> 
         except _Dropped as exc:
             if attempt == ATTEMPTS:
                 got = part.stat().st_size if part.exists() else 0
-                raise DownloadError(f"{remote.url}: the connection dropped after {got:,} of {remote.size:,} bytes "
-                                    f"({exc}); run the same command again to resume") from None
+                raise DownloadError(f"{remote.url}: the connection dropped after {got:,} of {remote.size:,} "
+                                    f"bytes ({exc}); run the same command again to resume") from None
         except _Unreachable as exc:
             raise DownloadError(f"cannot download {remote.url} ({exc}){offline_hint}") from None
     got = part.stat().st_size if part.exists() else 0
@@ -78,8 +78,8 @@ def fetch(remote: Remote, folder: str | os.PathLike, offline_hint: str = "") -> 
     if digest != remote.sha256:
         part.unlink(missing_ok=True)
         found = f"SHA-256 {digest}" if digest else f"{got:,} bytes"
-        raise DownloadError(f"{remote.url}: not the expected file (expected {remote.size:,} bytes with SHA-256 "
-                            f"{remote.sha256}, got {found}); the download was deleted")
+        raise DownloadError(f"{remote.url}: not the expected file (expected {remote.size:,} bytes with "
+                            f"SHA-256 {remote.sha256}, got {found}); the download was deleted")
     os.replace(part, dest)
     fsync_dir(folder)
     return dest
@@ -98,7 +98,8 @@ def _stream(remote: Remote, part: Path, have: int) -> None:
     if have:
         headers["Range"] = f"bytes={have}-"
     try:
-        response = urllib.request.urlopen(urllib.request.Request(remote.url, headers=headers), timeout=TIMEOUT)
+        response = urllib.request.urlopen(urllib.request.Request(remote.url, headers=headers),
+                                          timeout=TIMEOUT)
     except urllib.error.HTTPError as exc:
         raise _Unreachable(f"HTTP {exc.code} {exc.reason}") from None
     except (urllib.error.URLError, OSError) as exc:

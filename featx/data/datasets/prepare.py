@@ -35,7 +35,8 @@ def prepared(root: str | os.PathLike, name: str) -> dict | None:
         return None
 
 
-def get(name: str | Dataset, root: str | os.PathLike = "data", archives: list[str | os.PathLike] = ()) -> Path:
+def get(name: str | Dataset, root: str | os.PathLike = "data",
+        archives: list[str | os.PathLike] = ()) -> Path:
     """``ROOT/NAME`` in featx's layout, downloaded (or taken from ``archives``) and
     converted unless a finished copy is already there."""
     ds = name if isinstance(name, Dataset) else dataset(name)
@@ -49,7 +50,8 @@ def get(name: str | Dataset, root: str | os.PathLike = "data", archives: list[st
         raise DatasetError(f"{target}: exists but was not made by featx datasets get (no {MARKER}); "
                            f"move it away or choose another --root")
     root.mkdir(parents=True, exist_ok=True)
-    with write_lock(target, f"{target}: another featx process is preparing it; wait for it to finish", DatasetError):
+    with write_lock(target, f"{target}: another featx process is preparing it; wait for it to finish",
+                    DatasetError):
         if prepared(root, ds.name) is not None:  # another get finished it since the check above
             return target
         packaging, files = _archives(ds, root / DOWNLOADS, [Path(a) for a in archives])
@@ -65,7 +67,8 @@ def get(name: str | Dataset, root: str | os.PathLike = "data", archives: list[st
         finally:
             shutil.rmtree(work, ignore_errors=True)
             shutil.rmtree(tmp, ignore_errors=True)
-    log.info(f"{target}: {record['images']:,} images, " + ", ".join(f"{s} {n:,}" for s, n in record["splits"].items()))
+    counts = ", ".join(f"{s} {n:,}" for s, n in record["splits"].items())
+    log.info(f"{target}: {record['images']:,} images, {counts}")
     return target
 
 
@@ -73,8 +76,8 @@ def _archives(ds: Dataset, downloads: Path, given: list[Path]):
     """The packaging to convert, and its verified files by name."""
     if not given:
         packaging = ds.packagings[0]
-        hint = (f". Without network, download {{url}} elsewhere and hand it over: featx datasets get {ds.name} "
-                f"--archive FILE")
+        hint = (". Without network, download {url} elsewhere and hand it over: "
+                f"featx datasets get {ds.name} --archive FILE")
         files = {}
         for remote in packaging.files:
             log.info(f"{ds.name}: {remote.filename} from {remote.url}")
@@ -102,8 +105,9 @@ def _archives(ds: Dataset, downloads: Path, given: list[Path]):
         elif is_verified(downloads / remote.filename, remote):
             files[remote.filename] = downloads / remote.filename
         else:
-            raise DatasetError(f"{ds.name}: {packaging.name} also needs {remote.filename} ({remote.size:,} bytes, "
-                               f"SHA-256 {remote.sha256}); pass it with another --archive")
+            raise DatasetError(f"{ds.name}: {packaging.name} also needs {remote.filename} "
+                               f"({remote.size:,} bytes, SHA-256 {remote.sha256}); "
+                               "pass it with another --archive")
     return packaging, files
 
 
@@ -124,7 +128,9 @@ def _record(ds: Dataset, packaging: Packaging, folder: Path) -> dict:
             classes.update(c.name for c in cls)
             splits[split] = sum(1 for c in cls for f in c.iterdir() if f.is_file())
     if "train" not in splits or "test" not in splits:
-        raise DatasetError(f"{ds.name}: the archives gave no {'train' if 'train' not in splits else 'test'} split")
+        missing = "train" if "train" not in splits else "test"
+        raise DatasetError(f"{ds.name}: the archives gave no {missing} split")
     return {"dataset": ds.name, "featx": __version__, "packaging": packaging.name,
             "archives": {r.filename: r.sha256 for r in packaging.files},
-            "splits": splits, "images": sum(splits.values()), "classes": len(classes), "split_source": ds.splits}
+            "splits": splits, "images": sum(splits.values()), "classes": len(classes),
+            "split_source": ds.splits}

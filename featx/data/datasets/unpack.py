@@ -49,7 +49,8 @@ def unpack(archive: str | os.PathLike, into: str | os.PathLike) -> None:
         with tarfile.open(archive) as tf:
             members = tf.getmembers()
             for m in members:
-                kind = "symbolic link" if m.issym() else "hard link" if m.islnk() else "device or other special entry"
+                kind = ("symbolic link" if m.issym() else "hard link" if m.islnk()
+                        else "device or other special entry")
                 _check(archive, m.name, m.isfile() or m.isdir(), kind)
             tf.extractall(into, members=members, filter="data")
     except UnpackError:

@@ -33,7 +33,8 @@ def open_source(spec: str | os.PathLike) -> Source:
     if m:
         return TarSource(m.group("path"), m.group("prefix") or "")
     if re.search(r"\.(tar\.gz|tgz|tar\.bz2|tar\.xz|zip)(:|$)", text):
-        raise SourceError(f"{text}: compressed archives are not read in place; use an uncompressed .tar or a folder")
+        raise SourceError(f"{text}: compressed archives are not read in place; "
+                          "use an uncompressed .tar or a folder")
     if text.lower().endswith(".csv"):
         return CsvSource(text)
     if os.path.isdir(text):

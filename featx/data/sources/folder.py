@@ -20,7 +20,8 @@ class ImageFolderSource(Source):
             raise SourceError(f"{root}: not a directory")
         real = root.resolve()
         # a split folder is named with its dataset's: data/cifar10/train -> cifar10-train
-        name = f"{real.parent.name}-{real.name}" if real.name.lower() in SPLIT_NAMES and real.parent.name else real.name
+        split = real.name.lower() in SPLIT_NAMES and real.parent.name
+        name = f"{real.parent.name}-{real.name}" if split else real.name
         super().__init__(spec=f"dir:{real}", name=name)
         self.root = root
         entries, problems, seen = [], [], set()
@@ -30,12 +31,14 @@ class ImageFolderSource(Source):
             rel_dir = Path(dirpath).relative_to(root).as_posix()
             st = os.stat(dirpath)
             if (st.st_dev, st.st_ino) in seen:
-                problems.append((rel_dir + "/", "folder link leads to a folder already listed (not read twice)"))
+                problems.append((rel_dir + "/",
+                                 "folder link leads to a folder already listed (not read twice)"))
                 dirnames[:] = []
                 continue
             seen.add((st.st_dev, st.st_ino))
             dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            if rel_dir != "." and "/" not in rel_dir and not dirnames and all(f.startswith(".") for f in filenames):
+            empty = not dirnames and all(f.startswith(".") for f in filenames)
+            if rel_dir != "." and "/" not in rel_dir and empty:
                 problems.append((rel_dir + "/", "class folder holds no files"))
             for fn in sorted(filenames):
                 if fn.startswith("."):

@@ -9,6 +9,7 @@ from pathlib import Path, PurePosixPath
 from ...core.errors import SourceError
 from .base import Item, Source, stamp
 
+
 class CsvSource(Source):
     """A manifest with columns ``path,label``; paths are relative to the CSV's folder."""
 

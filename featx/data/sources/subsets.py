@@ -13,7 +13,8 @@ class SubsetSource(Source):
 
     def __init__(self, base: Source, per_class: int, seed: int = 0):
         super().__init__(spec=f"{base.spec}#per_class={per_class},seed={seed}",
-                         name=f"{base.name}-{per_class}pc", classes=list(base.classes), problems=list(base.problems))
+                         name=f"{base.name}-{per_class}pc", classes=list(base.classes),
+                         problems=list(base.problems))
         self.base = base
         rng = random.Random(f"{seed}:{per_class}")
         chosen = set()
@@ -36,7 +37,8 @@ class KeysSource(Source):
     def __init__(self, base: Source, keys, tag: str):
         wanted = set(keys)
         chosen = hashlib.sha256("\n".join(sorted(wanted)).encode()).hexdigest()[:12]
-        super().__init__(spec=f"{base.spec}#{tag}={chosen}", name=f"{base.name}-{tag}", classes=list(base.classes))
+        super().__init__(spec=f"{base.spec}#{tag}={chosen}", name=f"{base.name}-{tag}",
+                         classes=list(base.classes))
         self.base = base
         self.items = [it for it in base.items if it.key in wanted]
 

@@ -59,7 +59,8 @@ class TarSource(Source):
                     if any(p.startswith(".") for p in parts):
                         continue
                     if not is_image_name(rel):
-                        problems.append((rel, f"not an image file extension ({PurePosixPath(rel).suffix or 'none'})"))
+                        suffix = PurePosixPath(rel).suffix or "none"
+                        problems.append((rel, f"not an image file extension ({suffix})"))
                         continue
                     # A name that occurs twice (an appended update) means its last copy,
                     # as when the archive is unpacked.

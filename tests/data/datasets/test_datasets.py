@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from support.imagegen import jpeg_bytes, photo
 
 from featx.data.datasets import CATALOG, MARKER, prepared
+from support.imagegen import jpeg_bytes, photo
 
 
 def _tar(path: Path, members: dict[str, bytes]) -> Path:
@@ -68,7 +68,8 @@ def test_cifar_binary_records_become_lossless_pngs_in_their_class(tmp_path, name
         top, names, train_files, test_files = "cifar-10-batches-bin", "batches.meta.txt", \
             [f"data_batch_{i}.bin" for i in range(1, 6)], ["test_batch.bin"]
     else:
-        top, names, train_files, test_files = "cifar-100-binary", "fine_label_names.txt", ["train.bin"], ["test.bin"]
+        top, names = "cifar-100-binary", "fine_label_names.txt"
+        train_files, test_files = ["train.bin"], ["test.bin"]
     members = {f"{top}/{names}": ("\n".join(classes) + "\n\n").encode()}
     expected = {}
     for split, files in (("train", train_files), ("test", test_files)):
@@ -126,8 +127,10 @@ def test_pets_take_the_breed_from_the_image_name(tmp_path):
         "annotations/trainval.txt": b"Abyssinian_1 1 1 1\ngreat_pyrenees_10 21 2 9\n",
         "annotations/test.txt": b"Abyssinian_2 1 1 1\ngreat_pyrenees_11 21 2 9\n"})
     out = _convert("pets", {"images.tar.gz": images, "annotations.tar.gz": annotations}, tmp_path)
-    assert _tree(out) == {"train/Abyssinian": ["Abyssinian_1.jpg"], "train/great_pyrenees": ["great_pyrenees_10.jpg"],
-                          "test/Abyssinian": ["Abyssinian_2.jpg"], "test/great_pyrenees": ["great_pyrenees_11.jpg"]}
+    assert _tree(out) == {"train/Abyssinian": ["Abyssinian_1.jpg"],
+                          "train/great_pyrenees": ["great_pyrenees_10.jpg"],
+                          "test/Abyssinian": ["Abyssinian_2.jpg"],
+                          "test/great_pyrenees": ["great_pyrenees_11.jpg"]}
 
 
 def test_food101_follows_its_meta_lists(tmp_path):
@@ -144,13 +147,16 @@ def test_a_split_file_naming_a_missing_image_is_one_line(tmp_path):
 
     members = {"food-101/images/ramen/1.jpg": _jpg(1), "food-101/meta/train.txt": b"ramen/1\nramen/2\n",
                "food-101/meta/test.txt": b""}
-    with pytest.raises(ConvertError, match=r"ramen/2\.jpg: named by the dataset's split files but not in its archive"):
+    with pytest.raises(ConvertError,
+                       match=r"ramen/2\.jpg: named by the dataset's split files but not in its archive"):
         _convert("food101", {"food-101.tar.gz": _tar(tmp_path / "food-101.tar.gz", members)}, tmp_path)
 
 
 def test_caltech101_draws_30_training_images_per_class_and_drops_the_background(tmp_path):
-    inner = {f"101_ObjectCategories/{c}/image_{i:04d}.jpg": _jpg(i) for c in ("accordion", "BACKGROUND_Google",
-                                                                             "yin_yang") for i in range(1, 36)}
+    inner = {f"101_ObjectCategories/{c}/image_{i:04d}.jpg": _jpg(i) for c in ("accordion",
+                                                                              "BACKGROUND_Google",
+                                                                              "yin_yang") for i in range(1,
+                                                                                                         36)}
     inner_tar = _tar(tmp_path / "inner.tar.gz", inner).read_bytes()
     files = {"caltech-101.zip": _zip(tmp_path / "caltech-101.zip",
                                      {"caltech-101/101_ObjectCategories.tar.gz": inner_tar})}
@@ -167,13 +173,15 @@ def test_eurosat_is_split_60_20_20_in_every_class_the_same_way_each_time(tmp_pat
     files = {"EuroSAT.zip": _zip(tmp_path / "EuroSAT.zip", members)}
     out = _convert("eurosat", files, tmp_path)
     tree = _tree(out)
-    assert {k: len(v) for k, v in tree.items()} == {f"{s}/{c}": n for s, n in (("train", 6), ("val", 2), ("test", 2))
+    assert {k: len(v) for k, v in tree.items()} == {f"{s}/{c}": n for s, n in (("train", 6), ("val", 2),
+                                                                               ("test", 2))
                                                     for c in ("Forest", "River")}
     assert _tree(_convert("eurosat", files, tmp_path / "again")) == tree
 
 
 def test_hymenoptera_official_zip_makes_its_val_folder_the_test_split(tmp_path):
-    members = {f"hymenoptera_data/{s}/{c}/{i}.jpg": _jpg(i) for s in ("train", "val") for c in ("ants", "bees")
+    members = {f"hymenoptera_data/{s}/{c}/{i}.jpg": _jpg(i) for s in ("train", "val") for c in ("ants",
+                                                                                                "bees")
                for i in range(2)}
     out = _convert("hymenoptera", {"hymenoptera_data.zip": _zip(tmp_path / "h.zip", members)}, tmp_path)
     assert sorted(_tree(out)) == ["test/ants", "test/bees", "train/ants", "train/bees"]
@@ -184,7 +192,8 @@ def test_every_catalogue_entry_names_its_official_files_and_their_checksums():
         official = ds.packagings[0]
         assert official.downloadable, ds.name
         for r in official.files:
-            assert r.url.startswith(("https://", "http://")) and r.size > 0 and len(r.sha256) == 64, (ds.name, r)
+            assert r.url.startswith(("https://", "http://")) and r.size > 0 and len(r.sha256) == 64, (ds.name,
+                                                                                                      r)
         assert ds.splits and ds.homepage.startswith("https://")
 
 
@@ -195,11 +204,13 @@ def test_the_shared_archives_are_taken_with_archive(tmp_path, hymenoptera, capsy
     assert main(["datasets", "get", "hymenoptera", "--root", str(root), "--archive", str(hymenoptera)]) == 0
     assert capsys.readouterr().out.splitlines()[-1] == str(root / "hymenoptera")
     record = prepared(root, "hymenoptera")
-    assert record["packaging"] == "tar of the same folders" and record["splits"] == {"train": 245, "test": 153}
+    assert record["packaging"] == "tar of the same folders" and record["splits"] == {"train": 245,
+                                                                                     "test": 153}
     assert sorted(p.name for p in (root / "hymenoptera").iterdir()) == [MARKER, "test", "train"]
     assert len(list((root / "hymenoptera" / "test" / "bees").iterdir())) == 83
     assert main(["datasets", "list", "--root", str(root)]) == 0
-    assert any(line.startswith("hymenoptera") and "398 images" in line for line in capsys.readouterr().out.splitlines())
+    listed = capsys.readouterr().out.splitlines()
+    assert any(line.startswith("hymenoptera") and "398 images" in line for line in listed)
     # a file that is not an archive featx knows, for this dataset: one line, naming it
     assert main(["datasets", "get", "cifar10", "--root", str(root), "--archive", str(hymenoptera)]) == 1
     err = capsys.readouterr().err

@@ -11,14 +11,14 @@ import zipfile
 from pathlib import Path
 
 import pytest
-from support.httpserver import FileServer
-from support.imagegen import image_tree, tar_bytes
 
 from featx.data import datasets
 from featx.data.datasets import Dataset, DatasetError, Packaging
 from featx.data.datasets.converters import folders
 from featx.data.datasets.download import DownloadError, Remote, fetch
 from featx.data.datasets.unpack import UnpackError, unpack
+from support.httpserver import FileServer
+from support.imagegen import image_tree, tar_bytes
 
 
 def remote(server: FileServer, path: str, data: bytes, sha256: str | None = None) -> Remote:
@@ -51,7 +51,8 @@ def test_a_download_is_verified_and_a_verified_copy_is_not_fetched_again(server,
 def test_a_checksum_mismatch_is_refused_and_nothing_is_kept(server, tmp_path):
     data = b"x" * 10_000
     r = remote(server, "/a.bin", data, sha256="0" * 64)
-    with pytest.raises(DownloadError, match=r"a\.bin: not the expected file \(expected 10,000 bytes with SHA-256 0{64}, "
+    with pytest.raises(DownloadError,
+                       match=r"a\.bin: not the expected file \(expected 10,000 bytes with SHA-256 0{64}, "
                                             r"got SHA-256 [0-9a-f]{64}\); the download was deleted"):
         fetch(r, tmp_path)
     assert list(tmp_path.iterdir()) == []
@@ -69,8 +70,9 @@ def test_a_download_that_keeps_breaking_stops_and_the_next_run_resumes_it(server
     data = bytes(range(256)) * 4000
     r = remote(server, "/a.bin", data)
     server.drops["/a.bin"] = [100_000] * 3  # every connection of this run breaks
-    with pytest.raises(DownloadError, match=r"^http://127\.0\.0\.1:\d+/a\.bin: the connection dropped after "
-                                            r"300,000 of 1,024,000 bytes \(.*\); run the same command again to resume$"):
+    dropped = (r"^http://127\.0\.0\.1:\d+/a\.bin: the connection dropped after 300,000 of 1,024,000 bytes "
+               r"\(.*\); run the same command again to resume$")
+    with pytest.raises(DownloadError, match=dropped):
         fetch(r, tmp_path)
     assert (tmp_path / "a.bin.part").read_bytes() == data[:300_000]
     server.requests.clear()
@@ -99,7 +101,8 @@ def test_no_network_names_the_url_and_how_to_hand_the_archive_over(tmp_path):
 
 def test_a_missing_file_on_the_server_is_one_line(server, tmp_path):
     r = Remote(server.url + "/gone.zip", 10, "0" * 64)
-    with pytest.raises(DownloadError, match=r"^cannot download http://127\.0\.0\.1:\d+/gone\.zip \(HTTP 404 Not Found\)$"):
+    with pytest.raises(DownloadError,
+                       match=r"^cannot download http://127\.0\.0\.1:\d+/gone\.zip \(HTTP 404 Not Found\)$"):
         fetch(r, tmp_path)
 
 
@@ -115,7 +118,8 @@ def test_get_converts_once_and_a_second_get_does_nothing(server, tmp_path):
     out = datasets.get(ds, tmp_path / "data")
     assert out == tmp_path / "data" / "ants"
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.jpg")) == sorted(
-        f"{s}/{c}/{i}.jpg" for s, n in (("train", 3), ("test", 2)) for c in ("ants", "bees") for i in range(n))
+        f"{s}/{c}/{i}.jpg" for s, n in (("train", 3), ("test", 2)) for c in ("ants", "bees")
+        for i in range(n))
     record = datasets.prepared(tmp_path / "data", "ants")
     assert record["splits"] == {"train": 6, "test": 4} and record["classes"] == 2 and record["images"] == 10
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["ants", "ants.lock", "downloads"]
@@ -128,7 +132,8 @@ def test_get_takes_a_handed_over_archive_and_refuses_an_unknown_one(server, tmp_
     ds = _dataset(server, archive)
     (tmp_path / "ants.tar.gz").write_bytes(archive)
     (tmp_path / "other.tar.gz").write_bytes(archive + b"\0")
-    with pytest.raises(DatasetError, match=r"other\.tar\.gz: not an archive of ants that featx knows \(SHA-256 "):
+    with pytest.raises(DatasetError,
+                       match=r"other\.tar\.gz: not an archive of ants that featx knows \(SHA-256 "):
         datasets.get(ds, tmp_path / "data", archives=[tmp_path / "other.tar.gz"])
     out = datasets.get(ds, tmp_path / "data", archives=[tmp_path / "ants.tar.gz"])
     assert len(list(out.rglob("*.jpg"))) == 6 and server.requests == []
@@ -138,8 +143,8 @@ def test_get_takes_a_handed_over_archive_and_refuses_an_unknown_one(server, tmp_
 def test_a_member_outside_the_folder_stops_the_unpacking_before_anything_is_written(server, tmp_path, member):
     tree = image_tree("ants", {"train": 2, "val": 1})
     ds = _dataset(server, tar_bytes({**tree, member: b"evil"}))
-    with pytest.raises(UnpackError, match=rf"ants\.tar\.gz: unsafe member '{member}' \(an absolute name|"
-                                          rf"ants\.tar\.gz: unsafe member '{member}' \(a name that leaves the folder"):
+    unsafe = rf"ants\.tar\.gz: unsafe member '{member}' \((an absolute name|a name that leaves the folder)"
+    with pytest.raises(UnpackError, match=unsafe):
         datasets.get(ds, tmp_path / "root" / "data")
     assert not list(tmp_path.rglob("evil.jpg")) and not Path("/tmp/evil.jpg").exists()
     assert sorted(p.name for p in (tmp_path / "root" / "data").iterdir()) == ["ants.lock", "downloads"]
@@ -152,7 +157,8 @@ def test_links_and_devices_in_a_tar_and_links_in_a_zip_are_refused(tmp_path):
     dev.type = tarfile.CHRTYPE
     for info, kind in ((link, "symbolic link"), (dev, "device or other special entry")):
         (tmp_path / "a.tar").write_bytes(tar_bytes({"top/ok.jpg": b"1"}, (info,)))
-        with pytest.raises(UnpackError, match=f"unsafe member '{info.name}' \\(a {kind}, not a file or folder\\)"):
+        with pytest.raises(UnpackError,
+                           match=f"unsafe member '{info.name}' \\(a {kind}, not a file or folder\\)"):
             unpack(tmp_path / "a.tar", tmp_path / "out")
         assert not (tmp_path / "out" / "top").exists()
     buf = io.BytesIO()

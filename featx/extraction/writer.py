@@ -51,6 +51,7 @@ class StoreWriter:
         self.journal = Journal(plan.path, f"rank{self.world.rank:03d}" if self.world.size > 1 else "")
         self.old: StoreContents | None = None
         self.journaled: list[Rows] = []
+        self.restamped: dict[tuple[str, str], str] = {}  # (key, old stamp) -> the file's stamp now
         self._stack = ExitStack()
 
     def __enter__(self) -> StoreWriter:
@@ -90,7 +91,10 @@ class StoreWriter:
             self._check(self.old.provenance)
         self.journaled = self.journal.read()
         pool = self._pool()
+        stamps = pool.stamps
         todo = still_to_embed(plan.source, pool)
+        self.restamped = {(k, old): new for k, old, new in zip(pool.keys.tolist(), stamps.tolist(),
+                                                               pool.stamps.tolist()) if old != new}
         if plan.on_error == "fail":
             fail_on_known(plan.source, pool)
         self.pool = pool
@@ -125,8 +129,14 @@ class StoreWriter:
         return result
 
     def _pool(self) -> Rows:
+        """The rows already embedded: the old store's and the journal's, with the stamps of
+        files found unchanged but touched (kept when the pool is read again)."""
         old = [self.old.rows] if self.old else []
-        return Rows.concat(old + self.journaled, self.plan.layers, self.plan.backbone.dims)
+        pool = Rows.concat(old + self.journaled, self.plan.layers, self.plan.backbone.dims)
+        if self.restamped:
+            pairs = zip(pool.keys.tolist(), pool.stamps.tolist())
+            pool.stamps = np.array([self.restamped.get(ks, ks[1]) for ks in pairs], dtype=str)
+        return pool
 
     def _check(self, provenance: dict) -> None:
         """Refuse a store written by another network, weights, preprocessing, precision,

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -67,6 +68,38 @@ def test_two_processes_write_the_single_process_store(single):
     assert "153 images in the store: 153 embedded" in err
     store_equal(lines[-1], reference)
     assert store.verify(lines[-1]) == []
+
+
+@pytest.mark.parametrize("interrupted", [False, True])
+def test_a_touched_file_keeps_its_row_when_processes_share_the_work(tmp_path, interrupted):
+    """A file whose stamp changed but whose bytes did not is re-stamped, not re-embedded,
+    also when the first process joins everyone's commits into the store, and when an
+    interrupted run left rows in the journal."""
+    from support.imagegen import make_folder
+
+    data = make_folder(tmp_path / "data", {"a": 8, "b": 8})
+    args = ["extract", "--data", str(data), "--backbone", "pixels", "--device", "cpu", "--workers", "0",
+            "--batch-size", "4"]
+    rc, out, err, _ = run_featx([*args, "--cache", str(tmp_path / "cache")], tmp_path)
+    assert rc == 0, err
+    new = data / "b" / "new.jpg"
+    new.write_bytes((data / "b" / "00.jpg").read_bytes()[:-2] + b"\xff\xd9")
+    if interrupted:  # the new image's row is in the journal, as a killed run leaves it
+        (tmp_path / "solo" / "b").mkdir(parents=True)
+        shutil.copy2(new, tmp_path / "solo" / "b" / "new.jpg")
+        rc, solo, err, _ = run_featx(["extract", "--data", str(tmp_path / "solo"), "--backbone", "pixels",
+                                      "--cache", str(tmp_path / "solo-cache")], tmp_path)
+        assert rc == 0, err
+        store.Journal(Path(out.splitlines()[-1]), "rank001").commit(store.read(solo.splitlines()[-1]).rows)
+    touched = data / "a" / "03.jpg"
+    os.utime(touched, ns=(touched.stat().st_atime_ns, touched.stat().st_mtime_ns + 10**9))
+    proc = torchrun(2, [*args, "--cache", str(tmp_path / "cache")], tmp_path)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert f"17 images in the store: {0 if interrupted else 1} embedded" in err
+    rows = store.read(out.splitlines()[-1]).rows
+    stamps = dict(zip(rows.keys.tolist(), rows.stamps.tolist()))
+    assert stamps["a/03.jpg"] == f"{touched.stat().st_size}:{touched.stat().st_mtime_ns}"
 
 
 @pytest.mark.parametrize("rerun_with", [2, 1])

@@ -78,6 +78,15 @@ def _workers(p: argparse.ArgumentParser) -> None:
                         "two)")
 
 
+def _image_size(p: argparse.ArgumentParser, what: str = "input resolution") -> None:
+    p.add_argument("--image-size", type=_positive, metavar="N", help=f"{what} (default: the weights')")
+
+
+def _batch_size(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch-size", type=_positive, metavar="N",
+                   help="images per batch (default: 64 on the CPU, 256 on CUDA)")
+
+
 def _seed(p: argparse.ArgumentParser, what: str) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="N", help=f"seed of {what} (default 0)")
 
@@ -92,10 +101,8 @@ def _extract(sub) -> None:
     e.add_argument("--weights", metavar="FILE", help="local state dict for the backbone's architecture")
     e.add_argument("--layers", metavar="A,B", default="", help="also store these named stages, each pooled")
     _cache(e)
-    e.add_argument("--image-size", type=_positive, metavar="N",
-                   help="input resolution (default: the weights')")
-    e.add_argument("--batch-size", type=_positive, metavar="N",
-                   help="images per batch (default: 64 on the CPU, 256 on CUDA)")
+    _image_size(e)
+    _batch_size(e)
     _precision(e, "bfloat16 where the hardware runs it natively, else fp16 on CUDA, fp32 on the CPU")
     _device(e)
     e.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
@@ -144,8 +151,7 @@ def _predict(sub) -> None:
     pr.add_argument("--weights", metavar="FILE",
                     help="the backbone's weights file, if the model was trained on one")
     _cache(pr)
-    pr.add_argument("--batch-size", type=_positive, metavar="N",
-                    help="images per batch (default: 64 on the CPU, 256 on CUDA)")
+    _batch_size(pr)
     _device(pr)
     _workers(pr)
     _on_error(pr)
@@ -180,8 +186,7 @@ def _finetune(sub) -> None:
                    help="stop after N epochs without a better validation accuracy (default 3)")
     f.add_argument("--val-fraction", type=_fraction, default=0.2, metavar="F",
                    help="share of --data held out for validation when there is no --val (default 0.2)")
-    f.add_argument("--image-size", type=_positive, metavar="N",
-                   help="training resolution (default: the weights')")
+    _image_size(f, "training resolution")
     f.add_argument("--weights", metavar="FILE", help="local state dict for the backbone")
     _precision(f, "bfloat16 or fp16 on CUDA; fp32 on the CPU when gradients flow through the network")
     _device(f)
@@ -222,10 +227,8 @@ def _bench(sub) -> None:
                    help="fine-tuning epochs (default: the pipeline's)")
     b.add_argument("--per-class", type=_per_class, default={}, metavar="SPLIT=N,..",
                    help="a seeded subset, e.g. train=500,test=200 images per class")
-    b.add_argument("--image-size", type=_positive, metavar="N",
-                   help="input resolution (default: the weights')")
-    b.add_argument("--batch-size", type=_positive, metavar="N",
-                   help="images per batch (default: 64 on the CPU, 256 on CUDA)")
+    _image_size(b)
+    _batch_size(b)
     _device(b)
     _seed(b, "the subsets and splits")
     b.add_argument("--root", default=DEFAULT_DATA, metavar="DIR",

@@ -2,17 +2,7 @@
 
 A store is one HDF5 file, always written whole to a temporary name and renamed into
 place, so a reader never sees a half-written store (work in progress lives in the
-journal, :mod:`.journal`).
-
-Layout of a store::
-
-    keys, stamps, sha256, labels      one row per embedded image, in source order
-    classes                           class names; labels index into them (-1: none)
-    features/<name>                   float32 (rows, dim); "embedding" is the default
-    skipped/{keys,stamps,reasons}     files that were not embedded, and why
-    attrs: provenance (JSON), manifest (digest of the source listing), format, sha256
-
-Every dataset holds the SHA-256 of its bytes in its ``sha256`` attribute (format 2).
+journal, :mod:`.journal`). Its layout is in the package's docstring (:mod:`featx.store`).
 """
 from __future__ import annotations
 

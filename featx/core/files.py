@@ -11,6 +11,7 @@ import errno
 import fcntl
 import os
 import re
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -108,19 +109,32 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 
 @contextmanager
 def write_lock(target: Path, busy: str, error: type[FeatxError] = FeatxError, wait: bool = False):
-    """One writer per ``target``: a second process raises ``error(busy)`` at once, or
-    with ``wait`` waits for the first to finish.
+    """One writer per ``target``: a second writer, in another process or another thread
+    of this one, raises ``error(busy)`` at once, or with ``wait`` waits for the first to
+    finish.
 
     A POSIX record lock (``lockf``) on ``<target>.lock``, not ``flock``: forked DataLoader
     workers do not inherit it, so a killed run's orphaned workers cannot keep it locked,
-    and the kernel drops it when the process dies, however it dies.
+    and the kernel drops it when the process dies, however it dies. ``lockf`` belongs to
+    a process, so threads of one process take a lock of their own first.
     """
     lock_path = target.with_name(target.name + ".lock")
-    with open(lock_path, "a+") as fh:
-        try:
-            fcntl.lockf(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                raise
-            raise error(busy) from None
-        yield
+    with _THREADS_GUARD:
+        in_process = _THREAD_LOCKS.setdefault(os.path.abspath(lock_path), threading.Lock())
+    if not in_process.acquire(blocking=wait):
+        raise error(busy)
+    try:
+        with open(lock_path, "a+") as fh:
+            try:
+                fcntl.lockf(fh, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                raise error(busy) from None
+            yield
+    finally:
+        in_process.release()
+
+
+_THREADS_GUARD = threading.Lock()
+_THREAD_LOCKS: dict[str, threading.Lock] = {}  # lock file -> the lock threads of this process take first

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from ..core import distributed
+from ..core.workers import start_method
 from ..data.images import ImageDecodeError
 from ..data.preprocess import Preprocessing
 from ..data.sources import Item, Source
@@ -85,7 +86,7 @@ def batches(source: Source, todo: list[Item], pre: Preprocessing, batch_size: in
     group, workers = batch_size // part, min(workers, -(-len(todo) // part))
     loader = DataLoader(
         DecodedImages(source, todo, pre), batch_size=part, shuffle=False, collate_fn=_collate,
-        num_workers=workers, pin_memory=dev.type == "cuda",
+        num_workers=workers, pin_memory=dev.type == "cuda", multiprocessing_context=start_method(workers),
         # enough slices in flight for the next two batches to decode while one computes
         prefetch_factor=max(2, -(-2 * group // workers)) if workers else None,
     )

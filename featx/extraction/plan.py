@@ -13,7 +13,6 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..backbones import Backbone, load_backbone
@@ -119,19 +118,19 @@ def source_manifest(source: Source) -> str:
     })
 
 
-def still_to_embed(source: Source, pool: Rows) -> list[Item]:
-    """The items still to embed, in source order.
+def still_to_embed(source: Source, pool: Rows) -> tuple[list[Item], dict[tuple[str, str], str]]:
+    """The items still to embed, in source order, and the rows to re-stamp.
 
     An item is done when the pool holds its key with its current stamp, as a row or as a
     file that failed to decode. When only the stamp differs (a touched file, a rewritten
-    tar), the file is hashed: if its bytes still match the row's SHA-256 the row is kept
-    and re-stamped in ``pool``.
+    tar), the file is hashed: if its bytes still match the row's SHA-256 the row is kept,
+    to be re-stamped: ``(key, old stamp) -> stamp``.
     """
     keys, stamps = pool.keys.tolist(), pool.stamps.tolist()
     done = set(zip(keys, stamps))
     done |= {(k, s) for k, s in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist()) if s}
     row_of = {k: i for i, k in enumerate(keys)}
-    todo, restamped = [], False
+    todo, restamped = [], {}
     for it in source.items:
         if (it.key, it.stamp) in done:
             continue
@@ -142,12 +141,10 @@ def still_to_embed(source: Source, pool: Rows) -> list[Item]:
             except OSError:
                 same = False
             if same:
-                stamps[i], restamped = it.stamp, True
+                restamped[(it.key, stamps[i])] = it.stamp
                 continue
         todo.append(it)
-    if restamped:
-        pool.stamps = np.array(stamps, dtype=str)
-    return todo
+    return todo, restamped
 
 
 def fail_on_known(source: Source, pool: Rows) -> None:

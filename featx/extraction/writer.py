@@ -8,7 +8,7 @@ the store one process writes.
 from __future__ import annotations
 
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -90,11 +90,9 @@ class StoreWriter:
         if self.old:
             self._check(self.old.provenance)
         self.journaled = self.journal.read()
-        pool = self._pool()
-        stamps = pool.stamps
-        todo = still_to_embed(plan.source, pool)
-        self.restamped = {(k, old): new for k, old, new in zip(pool.keys.tolist(), stamps.tolist(),
-                                                               pool.stamps.tolist()) if old != new}
+        read = self._pool()
+        todo, self.restamped = still_to_embed(plan.source, read)
+        pool = self._restamp(read)
         if plan.on_error == "fail":
             fail_on_known(plan.source, pool)
         self.pool = pool
@@ -130,13 +128,16 @@ class StoreWriter:
 
     def _pool(self) -> Rows:
         """The rows already embedded: the old store's and the journal's, with the stamps of
-        files found unchanged but touched (kept when the pool is read again)."""
+        files found unchanged but touched. A new record: the old store's rows stay as they
+        were read, so that a store whose only change is a stamp is written again."""
         old = [self.old.rows] if self.old else []
-        pool = Rows.concat(old + self.journaled, self.plan.layers, self.plan.backbone.dims)
-        if self.restamped:
-            pairs = zip(pool.keys.tolist(), pool.stamps.tolist())
-            pool.stamps = np.array([self.restamped.get(ks, ks[1]) for ks in pairs], dtype=str)
-        return pool
+        return self._restamp(Rows.concat(old + self.journaled, self.plan.layers, self.plan.backbone.dims))
+
+    def _restamp(self, pool: Rows) -> Rows:
+        if not self.restamped:
+            return pool
+        pairs = zip(pool.keys.tolist(), pool.stamps.tolist())
+        return replace(pool, stamps=np.array([self.restamped.get(ks, ks[1]) for ks in pairs], dtype=str))
 
     def _check(self, provenance: dict) -> None:
         """Refuse a store written by another network, weights, preprocessing, precision,
@@ -230,7 +231,7 @@ def _with_unlisted(source: Source, pool: Rows, sel: list[int],
     """For an accumulating source: its rows and skipped files joined with those of every
     file it does not list (from earlier runs), ordered by key, so that a store written
     for any subset of its files is the same store. Its files are unlabelled."""
-    listed = {it.key for it in source.items}
+    listed = {it.key for it in source.items} | {key for key, _ in source.problems}
     keys = pool.keys.tolist()
     kept = {k: i for i, k in enumerate(keys) if k not in listed}  # one row per key in the old store
     rows = sorted([*((keys[i], i) for i in sel), *kept.items()])

@@ -23,6 +23,7 @@ from ..core import distributed, progress
 from ..core.devices import autocast, resolve_precision
 from ..core.torchio import write_json
 from ..core.version import __version__
+from ..core.workers import start_method
 from ..data.augment import Labelled, collate
 from ..extraction.loader import default_workers
 from ..heads.metrics import classification_metrics
@@ -38,8 +39,10 @@ log = logging.getLogger(__name__)
 def evaluate(net: nn.Module, split: Split, pre, device, *, precision: str, batch_size: int, workers: int):
     """(labels, predictions, mean loss) of ``net`` on a split, with the eval transform."""
     net.eval()
+    workers = min(workers, -(-len(split.items) // batch_size))
     loader = DataLoader(Labelled(split.source, split.items, split.labels, pre), batch_size=batch_size,
-                        collate_fn=collate, num_workers=min(workers, -(-len(split.items) // batch_size)))
+                        collate_fn=collate, num_workers=workers,
+                        multiprocessing_context=start_method(workers))
     ys, preds, loss = [], [], 0.0
     with torch.inference_mode():
         for x, y, _ in loader:
@@ -137,8 +140,9 @@ class Trainer:
             sampler = DistributedSampler(data, w.size, w.rank, shuffle=True, seed=s.seed * 100_003)
             sampler.set_epoch(epoch)
             order = {"sampler": sampler}
-        return DataLoader(data, batch_size=s.batch_size, collate_fn=collate, **order,
-                          num_workers=min(self.workers, self.batches), pin_memory=self.dev.type == "cuda")
+        workers = min(self.workers, self.batches)
+        return DataLoader(data, batch_size=s.batch_size, collate_fn=collate, **order, num_workers=workers,
+                          multiprocessing_context=start_method(workers), pin_memory=self.dev.type == "cuda")
 
     def _train_epoch(self, state: TrainState, epoch: int) -> dict:
         """One pass over this process's share of train; the epoch's totals."""

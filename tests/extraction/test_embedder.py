@@ -3,6 +3,7 @@ scikit-learn transformer."""
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import tarfile
 
@@ -95,3 +96,46 @@ def test_an_unreadable_file_stops_with_one_line_naming_it(photos, tmp_path):
     with pytest.raises(SourceError, match=rf"^{tmp_path / 'nowhere.jpg'}: cannot open"):
         emb.transform([str(tmp_path / "nowhere.jpg")])
     assert emb.transform(photos).shape == (12, 1280)  # the good ones were kept
+
+
+@pytest.mark.parametrize("backend", ["loky", "threading"])
+def test_parallel_cross_validation_in_processes_or_threads_shares_one_cache(photos, tmp_path, backend):
+    """joblib's workers (processes, whose start method is loky's own, or threads) fit
+    their folds at once: each gets every row, the store is written whole."""
+    from joblib import parallel_config
+    from sklearn.model_selection import cross_val_score
+
+    from featx import store
+
+    y = [p.split("/")[-2] for p in photos]
+    clf = make_pipeline(ImageEmbedder("pixels", cache_dir=tmp_path / "cache"),
+                        LogisticRegression(max_iter=500))
+    with parallel_config(backend=backend):
+        scores = cross_val_score(clf, photos, y, cv=3, n_jobs=3, error_score="raise")
+    assert len(scores) == 3 and np.isfinite(scores).all()
+    (path,) = (tmp_path / "cache").glob("*.h5")
+    assert store.verify(path) == [] and store.info(path)["rows"] == 12
+    np.testing.assert_array_equal(ImageEmbedder("pixels", cache_dir=tmp_path / "cache").transform(photos),
+                                  ImageEmbedder("pixels", cache_dir=tmp_path / "other").transform(photos))
+
+
+def test_a_touched_file_is_restamped_in_the_store_and_a_vanished_one_leaves_it(photos, tmp_path):
+    from featx import store
+    from featx.data.sources import FilesSource
+
+    emb = ImageEmbedder("pixels", cache_dir=tmp_path / "cache")
+    before = emb.transform(photos)
+    (path,) = (tmp_path / "cache").glob("*.h5")
+    touched = photos[3]
+    st = os.stat(touched)
+    os.utime(touched, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    np.testing.assert_array_equal(emb.transform(photos), before)
+    rows = store.read(path).rows
+    stamps = dict(zip(rows.keys.tolist(), rows.stamps.tolist()))
+    assert stamps[FilesSource.keys_of([touched])[0]] == f"{st.st_size}:{st.st_mtime_ns + 10**9}"
+
+    gone = photos[5]
+    os.remove(gone)
+    extract(FilesSource(photos), "pixels", tmp_path / "cache")
+    info = store.info(path)
+    assert info["rows"] == 11 and [s["key"] for s in info["skipped"]] == FilesSource.keys_of([gone])

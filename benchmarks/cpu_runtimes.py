@@ -1,5 +1,5 @@
 """How to run the network on the CPU for a large job: eager bfloat16 autocast, the frozen
-TorchScript graph featx uses (featx.frozen), or ``torch.compile``. For each: seconds to
+TorchScript graph featx uses (featx.extraction.frozen), or ``torch.compile``. For each: seconds to
 build (first call included; torch.compile with an empty inductor cache unless
 ``--warm-cache``) and forward images/s on random batches, side by side in one process,
 with the number of images above which it beats eager. Prints JSON.

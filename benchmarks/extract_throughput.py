@@ -1,13 +1,13 @@
 """End-to-end extraction speed, three ways side by side in one process, on one folder:
 
-- ``featx``: ``featx.extract.extract`` (files in, store written), precision ``auto``;
+- ``featx``: ``featx.extract`` (files in, store written), precision ``auto``;
 - ``tutorial``: the loop of the PyTorch transfer-learning tutorial: torchvision
   ``ImageFolder`` with Resize / CenterCrop / ToTensor / Normalize, a ``DataLoader``
   (batch 64, one worker per core), the model in fp32, features appended to a list and
   saved with numpy;
 - ``bound``: random tensors through the same model at featx's precision, memory
   layout, batch size and runtime (eager, or the frozen graph that featx uses for large
-  jobs on the CPU, see featx.frozen): the forward pass alone, what extraction cannot beat.
+  jobs on the CPU, see featx.extraction.frozen): the forward pass alone, what extraction cannot beat.
 
 Each dataset's images are unpacked into a temporary ImageFolder first, so all three
 read the same files. Prints JSON.

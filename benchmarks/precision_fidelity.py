@@ -6,7 +6,7 @@ of train) on hymenoptera and a seeded CIFAR-10 training subset (scored on the wh
 split), and the forward pass's images/s (random batches, as benchmarks/extract_throughput.py's
 bound). ``bf16-frozen`` is
 bfloat16 through the frozen TorchScript graph that featx uses for large jobs on the CPU
-(featx.frozen), forced here on these small sets. Prints JSON.
+(featx.extraction.frozen), forced here on these small sets. Prints JSON.
 
     python benchmarks/precision_fidelity.py [--cifar-per-class 500] [--precisions bf16,bf16-frozen,fp16]
 """

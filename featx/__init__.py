@@ -18,7 +18,7 @@ from .core.version import __version__
 
 # public name -> the module that defines it
 _PUBLIC = {
-    "extract": "featx.extraction.extract",
+    "extract": "featx.extraction.run",
     "ImageEmbedder": "featx.extraction.embedder",
     "load": "featx.api",
     "train": "featx.api",

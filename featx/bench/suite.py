@@ -147,8 +147,8 @@ def _sections(suite: dict) -> list[tuple[str, str, object]]:
             limits = ", ".join(f"{n} {split}" for split, n in d["subset"].items())
             notes.append(f"{d['dataset']}: a seeded subset, at most {limits} images per class")
     out = [("Test accuracy (%)", "table", table), ("Protocol", "text", notes)]
-    none = ("no published figure for these backbones, datasets and protocol (featx.references lists those it "
-            "knows)")
+    none = ("no published figure for these backbones, datasets and protocol "
+            "(featx.bench.references lists those it knows)")
     out.append(("Published figures beside ours", "table", refs) if len(refs) > 1 else
                ("Published figures beside ours", "text", [none]))
     out += [("Extraction speed", "table", speed), ("Datasets", "table", data),

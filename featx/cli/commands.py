@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from pathlib import Path
 
 from .. import api
 from ..core.errors import FeatxError
@@ -37,7 +38,7 @@ def cmd_train(args) -> int:
         f"validation accuracy {100 * m['val_accuracy']:.1f} %"
     print(f"{args.head} on {m['n_train']} images in {m['fit_seconds']:.1f} s: {val_text}"
           + (f", chose {chosen}" if chosen else ""), file=sys.stderr)
-    print(args.out)
+    print(Path(args.out))
     return 0
 
 
@@ -49,7 +50,7 @@ def cmd_predict(args) -> int:
     print(f"{len(result.keys)} images labelled, {len(result.skipped)} skipped"
           + ("" if acc is None else f"; accuracy against their folder labels {100 * acc:.2f} %"),
           file=sys.stderr)
-    print(args.out)
+    print(Path(args.out))
     return 0
 
 

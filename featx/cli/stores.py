@@ -95,8 +95,10 @@ def cmd_cache(args) -> int:
     if args.action == "rm":
         if not args.stores and not args.all:
             raise FeatxError("cache rm: name the stores to delete, or pass --all")
-        named = [store.resolve(args.cache, s) for s in args.stores]
-        paths = store.list_stores(args.cache) if args.all else named
+        if args.all:
+            paths = store.list_stores(args.cache)
+        else:
+            paths = [store.resolve(args.cache, s) for s in args.stores]
         for path in paths:
             store.remove(path)
             print(f"removed {Path(path)}")

@@ -29,7 +29,7 @@ class Preprocessing:
     interpolation: str = "bicubic"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
-    decoder: str = "cpu"  # "gpu": JPEGs decoded and resized on CUDA (see featx.gpu_decode)
+    decoder: str = "cpu"  # "gpu": JPEGs decoded and resized on CUDA (see featx.extraction.gpu_decode)
 
     @property
     def resize_size(self) -> int:

@@ -5,7 +5,7 @@ lock, journal and old rows (:mod:`.writer`), :func:`extract`, which runs them, a
 from __future__ import annotations
 
 from .embedder import ImageEmbedder
-from .extract import extract
+from .run import extract
 from .writer import ExtractResult
 
 __all__ = ["ExtractResult", "ImageEmbedder", "extract"]

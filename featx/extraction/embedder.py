@@ -12,7 +12,7 @@ from ..backbones import Backbone, load_backbone
 from ..core.errors import SourceError
 from ..core.names import DEFAULT_LAYER
 from ..data.sources.files import FilesSource
-from .extract import extract
+from .run import extract
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 (:mod:`.catalog`), each choosing its hyper-parameter on a validation split and refit
 (:mod:`.base`); the torch solvers behind logreg and kNN (:mod:`.logreg`, :mod:`.knn`);
 where sweeps run (:mod:`.sweeps`); fitting on a store (:mod:`.fitting`); model files
-(:mod:`.bundle`, :mod:`.finetuned`) and prediction (:mod:`.predict`).
+(:mod:`.bundle`, a fine-tuned ``model.pt`` included) and prediction (:mod:`.predict`).
 
 The classes a saved model holds are named ``featx.heads.<Class>`` inside the file,
 whichever module defines them, so files keep loading when modules move.

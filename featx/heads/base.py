@@ -94,7 +94,7 @@ class SweptHead(ClassifierMixin, BaseEstimator):
     def _sweep_in_parts(self, candidates, Xt, yt, Xv, yv) -> list[tuple[float, float]]:
         """The sweep, in ``n_jobs`` contiguous parts of the candidate list run as joblib
         tasks: on the backend the caller configured (loky by default; dask or ray to fan
-        out over a cluster, see :mod:`featx.sweeps`). The parts depend only on
+        out over a cluster, see :mod:`featx.heads.sweeps`). The parts depend only on
         ``n_jobs``, so every backend gives the same scores."""
         parts = 1
         if self.n_jobs not in (None, 1):

@@ -39,7 +39,7 @@ class LogRegHead(SweptHead):
     """Standardised features, multinomial L2 logistic regression, C swept.
 
     scikit-learn's model and objective, solved by a preconditioned L-BFGS on torch (see
-    :mod:`featx.logreg`); ``device`` ``auto`` uses CUDA when present.
+    :mod:`featx.heads.logreg`); ``device`` ``auto`` uses CUDA when present.
     """
 
     default_index = 12  # C = 1e-2

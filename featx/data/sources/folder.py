@@ -7,6 +7,7 @@ from pathlib import Path
 from ...core.errors import SourceError
 from ..images import is_image_name
 from .base import Item, Source, label_items, stamp
+from .listing import encode, joined
 
 SPLIT_NAMES = ("train", "val", "valid", "validation", "test")
 
@@ -24,7 +25,7 @@ class ImageFolderSource(Source):
         name = f"{real.parent.name}-{real.name}" if split else real.name
         super().__init__(spec=f"dir:{real}", name=name)
         self.root = root
-        entries, problems, seen = [], [], set()
+        keys, stamps, problems, seen = [], [], [], set()
         # Symlinked folders are followed, each real folder listed once: a link that loops
         # back is reported, not walked forever.
         for dirpath, dirnames, filenames in os.walk(root, followlinks=True, onerror=None):
@@ -40,6 +41,8 @@ class ImageFolderSource(Source):
             empty = not dirnames and all(f.startswith(".") for f in filenames)
             if rel_dir != "." and "/" not in rel_dir and empty:
                 problems.append((rel_dir + "/", "class folder holds no files"))
+            # one folder's names at a time become compact arrays: no per-image objects kept
+            here_keys, here_stamps = [], []
             for fn in sorted(filenames):
                 if fn.startswith("."):
                     continue
@@ -52,8 +55,12 @@ class ImageFolderSource(Source):
                 except OSError as exc:
                     problems.append((key, f"cannot stat: {exc.strerror}"))
                     continue
-                entries.append((key, stamp(st)))
-        self.classes, self.items = label_items(entries)
+                here_keys.append(key)
+                here_stamps.append(stamp(st))
+            if here_keys:
+                keys.append(encode(here_keys))
+                stamps.append(encode(here_stamps))
+        self.classes, self.items = label_items(joined(keys), joined(stamps))
         self.problems = problems
 
     def read(self, item: Item) -> bytes:

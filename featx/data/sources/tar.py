@@ -70,7 +70,7 @@ class TarSource(Source):
             raise SourceError(f"{path}: not a readable uncompressed tar archive ({exc})") from None
         if not entries and not problems:
             raise SourceError(f"{path}: no files under prefix {prefix!r}")
-        self.classes, self.items = label_items(list(entries.items()))
+        self.classes, self.items = label_items(list(entries), list(entries.values()))
         self.problems = problems
 
     def __getstate__(self):

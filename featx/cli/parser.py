@@ -95,7 +95,9 @@ def _extract(sub) -> None:
     e = sub.add_parser("extract",
                        help="embed every image of a source into the cache; prints the store's path")
     e.add_argument("--data", required=True, metavar="SRC",
-                   help="folder (root/<class>/<image>), archive.tar[:prefix], manifest.csv, or 'sample'")
+                   help="folder (root/<class>/<image>), archive.tar[:prefix], WebDataset shards "
+                        "('shards/train-{000000..000099}.tar', 'shards/*.tar'), manifest.csv or .parquet, "
+                        "or 'sample'")
     e.add_argument("--backbone", required=True, metavar="NAME",
                    help="efficientnet_lite0|1|2, pixels, timm:<model> or torchvision:<model>[:<weights>]")
     e.add_argument("--weights", metavar="FILE", help="local state dict for the backbone's architecture")
@@ -262,6 +264,7 @@ def _cache_commands(sub) -> None:
         ("info", "what a store holds: provenance, layers, skipped files", 1),
         ("verify", "check stores against their checksums (all when none is named)", "*"),
         ("rm", "delete stores", "*"),
+        ("compact", "rewrite the shards of a store that are mostly dead (removed or changed images)", 1),
     ):
         a = csub.add_parser(name, help=helptext)
         _cache(a)
@@ -272,6 +275,9 @@ def _cache_commands(sub) -> None:
             a.add_argument("--json", action="store_true", help="everything, as JSON")
         if name == "rm":
             a.add_argument("--all", action="store_true", help="delete every store in the cache")
+        if name == "compact":
+            a.add_argument("--dead-fraction", type=float, default=0.25, metavar="F",
+                           help="rewrite a shard once this fraction of its entries is dead (default 0.25)")
 
 
 COMMANDS = (_extract, _train, _predict, _finetune, _run, _demo, _bench, _datasets, _cache_commands)

@@ -103,4 +103,15 @@ def cmd_cache(args) -> int:
             store.remove(path)
             print(f"removed {Path(path)}")
         return 0
+    if args.action == "compact":
+        from ..store.compact import compact
+
+        path = store.resolve(args.cache, args.stores[0])
+        if store.info(path).get("shards") is None:
+            raise FeatxError(f"{path}: a single-file store of an earlier featx; "
+                             "the next extraction converts it")
+        done = compact(path, args.dead_fraction)
+        print(f"{path}: {done['rewritten']} shards rewritten as {done['written']}, "
+              f"{done['freed_entries']} dead entries freed")
+        return 0
     raise AssertionError(args.action)

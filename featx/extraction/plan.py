@@ -13,6 +13,7 @@ import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from ..backbones import Backbone, load_backbone
@@ -22,8 +23,9 @@ from ..core.errors import ParameterError, SourceError
 from ..core.hashing import digest
 from ..core.names import DEFAULT_LAYER
 from ..data.preprocess import Preprocessing
-from ..data.sources import Item, Source, open_source
-from ..store import Rows, store_path_for
+from ..data.sources import Source, open_source
+from ..data.sources.listing import Listing
+from ..store import store_path_for
 from .frozen import use_frozen
 from .loader import default_batch_size, default_workers
 
@@ -110,58 +112,22 @@ def store_key(source: Source, backbone: Backbone, precision: str, pre: Preproces
 
 
 def source_manifest(source: Source) -> str:
-    return digest({
-        "source": source.spec,
-        "items": [(it.key, it.stamp, it.label) for it in source.items],
-        "classes": source.classes,
-        "problems": source.problems,
-    })
+    """A digest of the source listing, from its arrays: what a store matches when nothing changed."""
+    items = Listing.of(source.items)
+    h = hashlib.sha256(digest({"source": source.spec, "classes": source.classes,
+                               "problems": source.problems}).encode())
+    for a in (items.keys, items.stamps, items.labels):
+        h.update(str(a.dtype).encode())
+        h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
 
 
-def still_to_embed(source: Source, pool: Rows) -> tuple[list[Item], dict[tuple[str, str], str]]:
-    """The items still to embed, in source order, and the rows to re-stamp.
-
-    An item is done when the pool holds its key with its current stamp, as a row or as a
-    file that failed to decode. When only the stamp differs (a touched file, a rewritten
-    tar), the file is hashed: if its bytes still match the row's SHA-256 the row is kept,
-    to be re-stamped: ``(key, old stamp) -> stamp``.
-    """
-    keys, stamps = pool.keys.tolist(), pool.stamps.tolist()
-    done = set(zip(keys, stamps))
-    done |= {(k, s) for k, s in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist()) if s}
-    row_of = {k: i for i, k in enumerate(keys)}
-    todo, restamped = [], {}
-    for it in source.items:
-        if (it.key, it.stamp) in done:
-            continue
-        i = row_of.get(it.key)
-        if i is not None:
-            try:
-                same = hashlib.sha256(source.read(it)).hexdigest() == pool.sha256[i]
-            except OSError:
-                same = False
-            if same:
-                restamped[(it.key, stamps[i])] = it.stamp
-                continue
-        todo.append(it)
-    return todo, restamped
-
-
-def fail_on_known(source: Source, pool: Rows) -> None:
-    """For ``on_error="fail"``: stop on a current file that an earlier run skipped."""
-    current = {(it.key, it.stamp) for it in source.items}
-    keys = {it.key for it in source.items}
-    for k, st, reason in zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist(),
-                             pool.skipped_reasons.tolist()):
-        if (k, st) in current or (not st and k in keys):
-            raise SourceError(f"{source.where(k)}: {reason}")
-
-
-def shard(todo: list[Item], batch_size: int, w: distributed.World) -> list[Item]:
+def shard(todo: Listing, batch_size: int, w: distributed.World) -> Listing:
     """This process's share of ``todo``: every ``w.size``-th batch of it, starting at its
     rank. The batches are those a single process would form, so each image is embedded
     in the same company and gets the same features."""
     if w.size == 1:
         return todo
-    starts = range(w.rank * batch_size, len(todo), w.size * batch_size)
-    return [it for s in starts for it in todo[s:s + batch_size]]
+    starts = np.arange(w.rank * batch_size, len(todo), w.size * batch_size)
+    rows = (starts[:, None] + np.arange(batch_size)[None, :]).ravel()
+    return todo.take(rows[rows < len(todo)])

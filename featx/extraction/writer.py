@@ -1,28 +1,38 @@
-"""The store an extraction writes, owned while it runs: the lock, the journal, and the
-rows already embedded (the old store, the journal of an interrupted run).
+"""The store an extraction writes, owned while it runs: the lock, the scan of what is
+already embedded, the commits, and the new snapshot.
 
-Under ``torchrun`` every process commits its own journal chunks; the first process
-holds the lock and joins everyone's commits into the store, which is then bit for bit
-the store one process writes.
+Commits are shard files the manifest does not name yet (a killed run leaves them for
+the next one to use). :meth:`StoreWriter.finish` writes what changed, and only that,
+into new shards (the images embedded by this run and by interrupted ones, rows whose
+file was touched but not changed, rows whose label changed), tombstones for the entries
+no longer wanted, and then the manifest. Under ``torchrun`` every process commits its
+own shard files and writes its part of the new shards; the first process writes the
+manifest. The store then reads the same as one process's.
 """
 from __future__ import annotations
 
+import hashlib
+import os
+import shutil
 from contextlib import ExitStack
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
 from .. import store
 from ..core import distributed
-from ..core.errors import FeatxError, StoreError, WriteError
+from ..core.errors import FeatxError, SourceError, StoreError, WriteError
 from ..core.files import remove_stale_temporaries
 from ..core.version import __version__
-from ..data.sources import Item, Source
-from ..store import Journal, Rows, StoreContents, Taken
-from .plan import Plan, fail_on_known, still_to_embed
+from ..data.sources.listing import Listing, decode, text
+from ..store import Journal, Rows, shards, snapshot
+from ..store.snapshot import Part, Snapshot
+from ..store.update import RESTAMP, SKIPPED, STALE, TRANSIENT, Scan, pending_files, remove_unnamed
+from .plan import Plan
 
 
 @dataclass
@@ -48,10 +58,10 @@ class StoreWriter:
     def __init__(self, plan: Plan):
         self.plan = plan
         self.world = distributed.world()
-        self.journal = Journal(plan.path, f"rank{self.world.rank:03d}" if self.world.size > 1 else "")
-        self.old: StoreContents | None = None
-        self.journaled: list[Rows] = []
-        self.restamped: dict[tuple[str, str], str] = {}  # (key, old stamp) -> the file's stamp now
+        self.folder = shards.folder(plan.path)
+        self.snap: Snapshot | None = None
+        self.listing = _in_key_order(plan.source.items)
+        self.restamped = np.zeros(0, np.int64)  # listed positions whose touched file is unchanged
         self._stack = ExitStack()
 
     def __enter__(self) -> StoreWriter:
@@ -61,6 +71,9 @@ class StoreWriter:
         self._stack.enter_context(distributed.job_lock(lambda: store.write_lock(self.plan.path, wait=wait)))
         if self.world.is_main:
             remove_stale_temporaries(self.plan.path)  # left by a run killed mid-write
+            if self.folder.is_dir():
+                for tmp in self.folder.glob(".*.tmp-*"):
+                    remove_stale_temporaries(tmp.with_name(tmp.name.split(".tmp-")[0][1:]))
         return self
 
     def __exit__(self, *exc) -> bool | None:
@@ -70,7 +83,8 @@ class StoreWriter:
         """The store as it is, when the source listing has not changed since it was
         written and no interrupted run left work behind; else None."""
         plan = self.plan
-        if self.journal.chunks() or store.manifest(plan.path) != plan.manifest:
+        if store.manifest(plan.path) != plan.manifest or pending_files(plan.path, self._snapshot()) \
+                or Journal(plan.path).chunks():
             return None
         done = store.info(plan.path)
         self._check(done["provenance"])
@@ -79,81 +93,124 @@ class StoreWriter:
         return ExtractResult(plan.path, done["rows"], 0, done["rows"], len(done["skipped"]), 0.0,
                              plan.precision, plan.device.type)
 
-    def todo(self) -> list[Item]:
-        """Read what is already embedded; returns the items still to embed."""
+    def _snapshot(self) -> Snapshot | None:
+        try:
+            with h5py.File(self.plan.path, "r") as f:
+                return snapshot.read(self.plan.path, f) if snapshot.is_manifest(f) else None
+        except (OSError, StoreError):
+            return None
+
+    def todo(self) -> Listing:
+        """Scan what is already embedded; returns the items still to embed, in key order."""
         plan = self.plan
-        if plan.path.exists():
-            try:
-                self.old = store.read(plan.path, lazy=True)
-            except StoreError:
-                pass  # unreadable: rebuilt and replaced atomically
-        if self.old:
-            self._check(self.old.provenance)
-        self.journaled = self.journal.read()
-        read = self._pool()
-        todo, self.restamped = still_to_embed(plan.source, read)
-        pool = self._restamp(read)
+        if self.world.is_main:
+            _convert(plan.path, self.folder)
+        distributed.barrier()
+        self.snap = self._snapshot()
+        if self.snap:
+            self._check(self.snap.provenance)
+        scan = self._scan()
+        stale = scan.stale()
+        if len(stale):
+            same = [_same_bytes(plan.source, self.listing[int(p)], sha)
+                    for p, sha in zip(stale, scan.sha256(stale))]
+            self.restamped = stale[np.asarray(same, bool)]
+            scan.kind[self.restamped] = RESTAMP
         if plan.on_error == "fail":
-            fail_on_known(plan.source, pool)
-        self.pool = pool
-        distributed.barrier()  # every process has read the journal before any writes to it
+            _fail_on_known(plan.source, scan)
+        todo = self.listing.take(scan.todo())
+        distributed.barrier()  # every process has scanned before any commits
         return todo
 
+    def _scan(self) -> Scan:
+        return Scan(self.plan.path, self.snap, self.listing, self.plan.source.classes,
+                    self.plan.source.accumulates)
+
     def commit(self, rows: Rows) -> Rows:
-        """Commit embedded rows to the journal; returns them with features left on disk."""
-        return self.journal.commit(rows)
+        """Commit embedded rows as a shard file no manifest names yet; a killed run's
+        commits are used by the next run."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        n = len(rows)
+        entries = shards.Entries(_enc(rows.keys), _enc(rows.stamps), np.full(n, -1, np.int32), [],
+                                 _enc(rows.skipped_keys), _enc(rows.skipped_stamps),
+                                 np.asarray(rows.skipped_reasons, str), {})
+        shards.write(self.folder / shards.new_name(), entries, rows.features, rows.sha256)
+        return rows
 
     def finish(self, new_parts: list[Rows], seconds: float) -> ExtractResult:
-        """Write the store from the old one, the journal and this run's parts; clear the journal."""
+        """Write what changed into new shards, tombstones and a new manifest."""
         embedded = sum(len(p) for p in new_parts)
-        if self.world.size > 1:  # the main process joins everyone's commits into the store
-            counts = distributed.gather((embedded, seconds))
-            embedded, seconds = sum(c[0] for c in counts), max(c[1] for c in counts)
-            if not self.world.is_main:
-                result, problem = distributed.broadcast(None)
-                if problem:
-                    raise FeatxError(f"process 0 of this featx job failed: {problem}")
-                return result
-            self.journaled, new_parts = self.journal.read(), []
-            self.pool = self._pool()
+        counts = distributed.gather((embedded, seconds)) if self.world.size > 1 else [(embedded, seconds)]
+        embedded, seconds = sum(c[0] for c in counts), max(c[1] for c in counts)
         try:
-            result = self._write(new_parts, embedded, seconds)
+            result, problem = self._write(embedded, seconds), None
         except FeatxError as exc:
-            if self.world.size > 1:
-                distributed.broadcast((None, str(exc)))
-            raise
+            result, problem = None, exc
         if self.world.size > 1:
-            distributed.broadcast((result, None))
+            result, text_ = distributed.broadcast((result, str(problem) if problem else None))
+            if text_ and problem is None:
+                raise FeatxError(f"process 0 of this featx job failed: {text_}")
+        if problem is not None:
+            raise problem
         return result
 
-    def _pool(self) -> Rows:
-        """The rows already embedded: the old store's and the journal's, with the stamps of
-        files found unchanged but touched. A new record: the old store's rows stay as they
-        were read, so that a store whose only change is a stamp is written again."""
-        old = [self.old.rows] if self.old else []
-        return self._restamp(Rows.concat(old + self.journaled, self.plan.layers, self.plan.backbone.dims))
+    def _write(self, embedded: int, seconds: float) -> ExtractResult:
+        plan = self.plan
+        distributed.barrier()  # every commit is on disk
+        scan = self._scan()
+        scan.kind[self.restamped[scan.kind[self.restamped] == STALE]] = RESTAMP
+        copies = scan.copies()
+        transient = int(np.sum(scan.kind == TRANSIENT))
+        # An accumulating store matches no single listing; one with files that could not
+        # be read this time is rechecked by the next run.
+        listing_digest = "" if transient or plan.source.accumulates else plan.manifest
+        parts = _write_copies(scan, copies, plan, self.world)
+        if self.world.size > 1:
+            parts = [p for ps in distributed.gather(parts) for p in ps]
+        if not self.world.is_main:
+            return None
+        old = self.snap
+        if old and not scan.changed() and old.listing == listing_digest \
+                and old.classes == plan.source.classes and old.problems == _problems(plan.source):
+            remove_unnamed(plan.path, old)
+            return self._result(old, embedded, seconds)
+        snap = self._snapshot_after(old, scan, parts, listing_digest, embedded, seconds)
+        try:
+            snapshot.write(plan.path, snap)
+        except WriteError as exc:
+            raise WriteError(f"{exc}; {plan.path.name} is unchanged, and the images embedded in this run "
+                             f"are kept in {self.folder} for the next run") from None
+        remove_unnamed(plan.path, snap)
+        return self._result(snap, embedded, seconds)
 
-    def _restamp(self, pool: Rows) -> Rows:
-        if not self.restamped:
-            return pool
-        pairs = zip(pool.keys.tolist(), pool.stamps.tolist())
-        return replace(pool, stamps=np.array([self.restamped.get(ks, ks[1]) for ks in pairs], dtype=str))
+    def _snapshot_after(self, old: Snapshot | None, scan: Scan, parts: list[Part], listing_digest: str,
+                        embedded: int, seconds: float) -> Snapshot:
+        plan = self.plan
+        names, entries = scan.tombstones()
+        dead_count = {n: int(c) for n, c in zip(*np.unique(names, return_counts=True))} if len(names) else {}
+        kept, dead_parts = [], list(old.dead) if old else []
+        before = store.view.dead_entries(plan.path, old) if old else {}
+        for p in old.shards if old else []:  # a shard with no live entry left is dropped
+            if dead_count.get(p.name.encode(), 0) + len(before.get(p.name, ())) < p.rows + p.skipped:
+                kept.append(p)
+        if len(names):
+            name = shards.new_name(shards.DEAD)
+            digest = shards.write_dead(self.folder / name, names, entries)
+            dead_parts.append(Part(name, len(names), 0, digest))
+        live = {p.name for p in kept}
+        dead_parts = [d for d in dead_parts if _names_any(self.folder / d.name, live)]
+        shards_after = kept + parts
+        provenance = self._provenance(old, embedded, seconds)
+        snap = Snapshot(shards_after, dead_parts, list(plan.source.classes), _problems(plan.source),
+                        provenance, listing_digest, dict(plan.backbone.dims))
+        v = store.view.open_view(plan.path, snap)
+        snap.rows, snap.skipped = len(v.keys), len(v.skipped_keys) - len(snap.problems)
+        return snap
 
-    def _check(self, provenance: dict) -> None:
-        """Refuse a store written by another network, weights, preprocessing, precision,
-        runtime or source than planned. The backbone's name is not part of that: the same
-        network and weights under another name share a store."""
-        bb = self.plan.backbone
-        found = {**provenance,
-                 "backbone": {**provenance.get("backbone", {}), "name": bb.name, "weights": bb.weights}}
-        store.check_provenance(self.plan.path, found, self.plan.wanted())
-
-    def _write(self, new_parts: list[Rows], embedded: int, seconds: float) -> ExtractResult:
-        plan, old = self.plan, self.old
-        rows, labels, transient = _assemble(plan.source, [self.pool, *new_parts], plan.layers,
-                                            plan.backbone.dims)
+    def _provenance(self, old: Snapshot | None, embedded: int, seconds: float) -> dict:
+        plan = self.plan
         before = old.provenance.get("throughput", {}) if old else {}
-        provenance = {
+        return {
             **plan.wanted(),
             "featx": __version__,
             "torch": torch.__version__,
@@ -165,30 +222,129 @@ class StoreWriter:
             "throughput": {"images": before.get("images", 0) + embedded,
                            "seconds": round(before.get("seconds", 0.0) + seconds, 3)},
         }
-        # Files that could not be read this time are retried by the next run, so the
-        # store does not claim to match the listing while any remain; when retrying
-        # changed nothing, the store is left as it is. An accumulating store matches no
-        # single listing.
-        manifest = "" if transient or plan.source.accumulates else plan.manifest
-        if not (old and not self.journaled and not embedded and _same(old, rows, labels, plan.source.classes,
-                                                                      manifest)):
-            try:
-                store.write_store(plan.path, rows, labels, plan.source.classes, provenance, manifest)
-            except WriteError as exc:
-                raise WriteError(f"{exc}; {plan.path.name} is unchanged, and the images embedded in this run "
-                                 f"are kept in {self.journal.dir} for the next run") from None
-        self.journal.clear()
-        return ExtractResult(plan.path, len(rows), embedded, len(rows) - embedded, len(rows.skipped_keys),
-                             seconds, plan.precision, plan.device.type)
+
+    def _result(self, snap: Snapshot, embedded: int, seconds: float) -> ExtractResult:
+        plan = self.plan
+        return ExtractResult(plan.path, snap.rows, embedded, snap.rows - embedded,
+                             snap.skipped + len(snap.problems), seconds, plan.precision, plan.device.type)
+
+    def _check(self, provenance: dict) -> None:
+        """Refuse a store written by another network, weights, preprocessing, precision,
+        runtime or source than planned. The backbone's name is not part of that: the same
+        network and weights under another name share a store."""
+        bb = self.plan.backbone
+        found = {**provenance,
+                 "backbone": {**provenance.get("backbone", {}), "name": bb.name, "weights": bb.weights}}
+        store.check_provenance(self.plan.path, found, self.plan.wanted())
 
 
-def _same(old: StoreContents, rows: Rows, labels: np.ndarray, classes: list[str], manifest: str) -> bool:
-    """Whether a store already holds exactly this content."""
-    return (
-        old.manifest == manifest and old.classes == classes and np.array_equal(old.labels, labels)
-        and all(np.array_equal(getattr(old.rows, a), getattr(rows, a))
-                for a in ("keys", "stamps", "sha256", "skipped_keys", "skipped_stamps", "skipped_reasons"))
-    )
+def _write_copies(scan: Scan, copies: np.ndarray, plan: Plan, world) -> list[Part]:
+    """This process's share of the new shards: chunks of ``SHARD_ROWS`` copied entries,
+    every ``world.size``-th chunk starting at its rank."""
+    parts = []
+    chunks = [copies[s:s + shards.SHARD_ROWS] for s in range(0, len(copies), shards.SHARD_ROWS)]
+    for chunk in chunks[world.rank::world.size]:
+        parts.append(_write_shard(scan, chunk, plan))
+    return parts
+
+
+def _write_shard(scan: Scan, positions: np.ndarray, plan: Plan) -> Part:
+    listing, kind = scan.listing, scan.kind[positions]
+    skip = np.isin(kind, (SKIPPED, TRANSIENT))
+    rows, skipped = positions[~skip], positions[skip]
+    reasons = np.empty(len(skipped), dtype=object)
+    for f in np.unique(scan.file[skipped]):
+        sel = np.flatnonzero(scan.file[skipped] == f)
+        at = scan.entry[skipped[sel]] - scan.rows_in[f]
+        order = np.argsort(at)
+        reasons[sel[order]] = decode(shards.read_column(scan.files[f], "skipped/reasons", at[order]))
+    stamps = np.where(kind[skip] == TRANSIENT, b"", listing.stamps[skipped]).astype(listing.stamps.dtype)
+    entries = shards.Entries(listing.keys[rows], listing.stamps[rows], listing.labels[rows],
+                             list(plan.source.classes), listing.keys[skipped], stamps,
+                             reasons.astype(str), dict(plan.backbone.dims))
+    feats = {n: shards.ShardFeatures(scan.files, n, scan.file[rows], scan.entry[rows], d)
+             for n, d in plan.backbone.dims.items() if n in plan.layers}
+    name = shards.new_name()
+    digest = shards.write(shards.folder(scan.path) / name, entries, feats, scan.sha256(rows))
+    return Part(name, len(rows), len(skipped), digest)
+
+
+def _names_any(dead_file: Path, live: set[str]) -> bool:
+    names, _ = shards.read_dead(dead_file)
+    return any(n.decode() in live for n in np.unique(names))
+
+
+def _problems(source) -> list[list[str]]:
+    return [[k, r] for k, r in source.problems]
+
+
+def _in_key_order(items) -> Listing:
+    listing = Listing.of(items)
+    keys = listing.keys
+    return listing if len(keys) < 2 or bool(np.all(keys[1:] >= keys[:-1])) else listing.sorted()
+
+
+def _enc(a) -> np.ndarray:
+    from ..data.sources.listing import encode
+
+    return encode(np.asarray(a)) if len(a) else np.zeros(0, "S1")
+
+
+def _same_bytes(source, item, sha: bytes) -> bool:
+    try:
+        return hashlib.sha256(source.read(item)).hexdigest().encode() == sha
+    except OSError:
+        return False
+
+
+def _fail_on_known(source, scan: Scan) -> None:
+    """For ``on_error="fail"``: stop on a current file that an earlier run skipped."""
+    known = np.flatnonzero(scan.kind == SKIPPED)
+    if len(known):
+        p = int(known[0])
+        f = int(scan.file[p])
+        reason = shards.read_column(scan.files[f], "skipped/reasons",
+                                    np.array([scan.entry[p] - scan.rows_in[f]]))[0]
+        raise SourceError(f"{source.where(text(scan.listing.keys[p]))}: {text(reason)}")
+
+
+def _convert(path: Path, folder: Path) -> None:
+    """Make a format-1 or format-2 store (one file) the first shard of a format-3 one,
+    and an interrupted earlier run's journal chunks commits; nothing is rewritten."""
+    journal = Journal(path)
+    for chunk in journal.chunks():
+        try:
+            rows = journal._lazy(chunk)
+        except Exception:
+            chunk.unlink()
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        feats = {n: x.take(np.arange(x.shape[0])) for n, x in rows.features.items()}
+        entries = shards.Entries(_enc(rows.keys), _enc(rows.stamps), np.full(len(rows), -1, np.int32), [],
+                                 _enc(rows.skipped_keys), _enc(rows.skipped_stamps),
+                                 np.asarray(rows.skipped_reasons, str), {})
+        shards.write(folder / shards.new_name(), entries, feats, rows.sha256)
+        chunk.unlink()
+    journal.clear()
+    try:
+        with h5py.File(path, "r") as f:
+            fmt = f.attrs.get("format")
+            if fmt not in (1, 2):
+                return
+            classes = decode(f["classes"][()]).tolist()
+            rows, skipped = int(f["keys"].shape[0]), int(f["skipped/keys"].shape[0])
+            provenance = __import__("json").loads(f.attrs["provenance"])
+            dims = {n: int(f["features"][n].shape[1]) for n in f["features"]}
+    except (OSError, KeyError):
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    name = shards.new_name()
+    try:
+        os.link(path, folder / name)  # the old file itself becomes the shard
+    except OSError:
+        shutil.copy2(path, folder / name)
+    part = Part(name, rows, skipped, shards.recorded_digest(folder / name))
+    snapshot.write(path, Snapshot([part], [], classes, [], provenance, "", dims, rows, skipped))
 
 
 def _version(module: str) -> str:
@@ -196,46 +352,3 @@ def _version(module: str) -> str:
         return __import__(module).__version__
     except ImportError:
         return ""
-
-
-def _assemble(source: Source, parts: list[Rows], names: list[str],
-              dims: dict[str, int]) -> tuple[Rows, np.ndarray, int]:
-    """Rows for the source's current items, in source order, from old and new parts, and
-    how many files failed to be read (rather than decoded) this time."""
-    pool = Rows.concat(parts, names, dims)
-    row_of = {ks: i for i, ks in enumerate(zip(pool.keys.tolist(), pool.stamps.tolist()))}
-    reason_of = dict(zip(zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist()),
-                         pool.skipped_reasons.tolist()))
-    sel, labels, skipped, transient = [], [], [(k, "", r) for k, r in source.problems], 0
-    for it in source.items:
-        i = row_of.get((it.key, it.stamp))
-        if i is not None:
-            sel.append(i)
-            labels.append(it.label)
-        elif (it.key, it.stamp) in reason_of:  # failed to decode: final for this content
-            skipped.append((it.key, it.stamp, reason_of[(it.key, it.stamp)]))
-        elif (it.key, "") in reason_of:  # failed to read: retried next run
-            skipped.append((it.key, "", reason_of[(it.key, "")]))
-            transient += 1
-    if source.accumulates:
-        sel, labels, skipped = _with_unlisted(source, pool, sel, skipped)
-    sel = np.asarray(sel, dtype=np.int64)
-    sk = np.array(skipped, dtype=str).reshape(-1, 3)
-    rows = Rows(pool.keys[sel], pool.stamps[sel], pool.sha256[sel],
-                {n: Taken(pool.features[n], sel) for n in names}, sk[:, 0], sk[:, 1], sk[:, 2])
-    return rows, np.asarray(labels, dtype=np.int64), transient
-
-
-def _with_unlisted(source: Source, pool: Rows, sel: list[int],
-                   skipped: list[tuple]) -> tuple[list, list, list]:
-    """For an accumulating source: its rows and skipped files joined with those of every
-    file it does not list (from earlier runs), ordered by key, so that a store written
-    for any subset of its files is the same store. Its files are unlabelled."""
-    listed = {it.key for it in source.items} | {key for key, _ in source.problems}
-    keys = pool.keys.tolist()
-    kept = {k: i for i, k in enumerate(keys) if k not in listed}  # one row per key in the old store
-    rows = sorted([*((keys[i], i) for i in sel), *kept.items()])
-    listed_skips = {s[0] for s in skipped}
-    earlier = zip(pool.skipped_keys.tolist(), pool.skipped_stamps.tolist(), pool.skipped_reasons.tolist())
-    skipped = skipped + [s for s in earlier if s[0] not in listed and s[0] not in listed_skips]
-    return [i for _, i in rows], [-1] * len(rows), sorted(skipped)

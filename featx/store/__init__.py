@@ -15,6 +15,7 @@ Every dataset holds the SHA-256 of its bytes in its ``sha256`` attribute (format
 from __future__ import annotations
 
 from ..core.names import DEFAULT_LAYER
+from . import shards, snapshot, update, view
 from .cache import SUFFIX, list_stores, remove, resolve, slug, store_path_for, write_lock
 from .hdf5 import (
     FORMAT,
@@ -35,5 +36,5 @@ from .rows import Rows, Stacked, Taken
 
 __all__ = ["DEFAULT_LAYER", "FORMAT", "FORMATS", "SUFFIX", "Features", "Journal", "Rows", "Stacked",
            "StoreContents", "Taken", "check_provenance", "info", "list_stores", "load", "manifest",
-           "printable", "read", "remove", "resolve", "slug", "store_path_for", "verify", "write_lock",
-           "write_store"]
+           "printable", "read", "remove", "resolve", "shards", "slug", "snapshot", "store_path_for", "update",
+           "verify", "view", "write_lock", "write_store"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -54,5 +55,6 @@ def remove(path: Path) -> None:
     """Delete a store with its journal and lock file; refused while a run is writing it."""
     with write_lock(path):
         Journal(path).clear()
+        shutil.rmtree(path.with_name(path.name + ".d"), ignore_errors=True)
         path.unlink(missing_ok=True)
         path.with_name(path.name + ".lock").unlink(missing_ok=True)

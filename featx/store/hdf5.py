@@ -19,10 +19,11 @@ import numpy as np
 from ..core.errors import StoreError
 from ..core.files import atomic_path
 from ..core.names import DEFAULT_LAYER
+from . import shards, snapshot, view
 from .rows import WRITE_BLOCK, Rows, take
 
-FORMAT = 2  # 2: a checksum on every dataset and on the attributes; 1: on the features only
-FORMATS = (1, 2)  # what this version reads
+FORMAT = 3  # 3: shards and a manifest (featx.store.snapshot); 2: one file, a checksum on
+FORMATS = (1, 2, 3)  # every dataset and on the attributes; 1: on the features only
 
 
 # --- strings in HDF5: fixed-length UTF-8 bytes, converted without per-row Python ----------
@@ -104,7 +105,7 @@ def _attrs_digest(provenance: str, manifest: str) -> str:
 
 
 def _fill(f, rows: Rows, labels, classes, provenance: dict, manifest: str) -> None:
-    f.attrs["format"] = FORMAT
+    f.attrs["format"] = 2  # the single-file layout (format 3 is written by featx.store.snapshot)
     f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
     f.attrs["manifest"] = manifest
     f.attrs["sha256"] = _attrs_digest(f.attrs["provenance"], manifest)
@@ -138,7 +139,7 @@ def _open(path: str | os.PathLike):
     except OSError as exc:
         raise StoreError(f"{path}: not a readable HDF5 store ({exc})") from None
     try:
-        if f.attrs.get("format") not in FORMATS:
+        if f.attrs.get("format") not in FORMATS or f.attrs.get("kind", "manifest") != "manifest":
             raise StoreError(f"{path}: not a featx store (format {f.attrs.get('format')!r})")
         yield f
     except KeyError as exc:
@@ -162,6 +163,8 @@ def read(path: str | os.PathLike, lazy: bool = False) -> StoreContents:
     """Everything in a store. With ``lazy`` the features stay in the file until their
     rows are taken."""
     with _open(path) as f:
+        if f.attrs["format"] == 3:
+            return _contents(view.open_view(Path(path), snapshot.read(Path(path), f)), lazy)
         feats = {name: (_StoreFeatures(Path(path), name, f["features"][name].shape) if lazy
                         else f["features"][name][()]) for name in f["features"]}
         rows = Rows(
@@ -197,6 +200,13 @@ def load(path: str | os.PathLike, layer: str = DEFAULT_LAYER) -> Features:
     """A store's features of ``layer``: float32 ``X``, int64 ``y``, str ``keys``, and its
     ``classes`` and ``provenance``."""
     with _open(path) as f:
+        if f.attrs["format"] == 3:
+            v = view.open_view(Path(path), snapshot.read(Path(path), f))
+            if layer not in v.snap.dims:
+                raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(v.snap.dims)})")
+            X = v.features(layer).take(np.arange(len(v.keys)))
+            return Features(X, v.labels, _decode(v.keys), v.snap.classes, v.snap.provenance, layer,
+                            Path(path))
         if layer not in f["features"]:
             raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(f['features'])})")
         return Features(f["features"][layer][()], f["labels"][()], _decode(f["keys"][()]),
@@ -216,6 +226,8 @@ def manifest(path: str | os.PathLike) -> str | None:
 def info(path: str | os.PathLike) -> dict:
     """Provenance, sizes and the skipped files of a store, without loading features."""
     with _open(path) as f:
+        if f.attrs["format"] == 3:
+            return _info3(Path(path), snapshot.read(Path(path), f))
         return {
             "path": str(path),
             "rows": int(f["keys"].shape[0]),
@@ -237,6 +249,8 @@ def verify(path: str | os.PathLike) -> list[str]:
     problems = []
     try:
         with _open(path) as f:
+            if f.attrs["format"] == 3:
+                return _verify3(Path(path), snapshot.read(Path(path), f))
             strict = f.attrs["format"] >= 2
             if strict and f.attrs.get("sha256") != _attrs_digest(f.attrs["provenance"], f.attrs["manifest"]):
                 problems.append("provenance or manifest does not match its recorded checksum")
@@ -289,3 +303,46 @@ def check_provenance(path: str | os.PathLike, found: dict, wanted: dict) -> None
                          f"(it holds {json.dumps({k: found.get(k) for k in differs}, sort_keys=True)}); "
                          f"refusing to use it: remove it with `featx cache rm {Path(path).name}`")
 
+
+
+# --- format 3: a manifest and shards ---------------------------------------------------
+
+
+def _contents(v: view.View, lazy: bool) -> StoreContents:
+    feats = {n: v.features(n) for n in v.snap.dims}
+    if not lazy:
+        feats = {n: x.take(np.arange(x.shape[0])) for n, x in feats.items()}
+    rows = Rows(_decode(v.keys), _decode(v.stamps), _decode(v.sha256()), feats, _decode(v.skipped_keys),
+                _decode(v.skipped_stamps), v.skipped_reasons.astype(str))
+    return StoreContents(rows, v.labels, v.snap.classes, v.snap.provenance, v.snap.listing)
+
+
+def _info3(path: Path, snap: snapshot.Snapshot) -> dict:
+    v = view.open_view(path, snap)
+    where = shards.folder(path)
+    size = path.stat().st_size + sum((where / p.name).stat().st_size for p in snap.shards + snap.dead)
+    return {
+        "path": str(path),
+        "rows": len(v.keys),
+        "classes": snap.classes,
+        "features": {n: [len(v.keys), d] for n, d in snap.dims.items()},
+        "skipped": [{"key": printable(k), "reason": r}
+                    for k, r in zip(_decode(v.skipped_keys).tolist(), v.skipped_reasons.tolist())],
+        "provenance": snap.provenance,
+        "bytes": size,
+        "shards": len(snap.shards),
+        "dead": int(sum(p.rows for p in snap.dead)),
+    }
+
+
+def _verify3(path: Path, snap: snapshot.Snapshot) -> list[str]:
+    where, problems = shards.folder(path), []
+    for part in snap.shards + snap.dead:
+        problems += shards.verify(where / part.name, part.digest)
+    if not problems:
+        v = view.open_view(path, snap)
+        if len(v.keys) != snap.rows:
+            problems.append(f"{path}: {len(v.keys)} live rows, the manifest says {snap.rows}")
+        if len(v.labels) and (v.labels.min() < -1 or v.labels.max() >= len(snap.classes)):
+            problems.append("labels point outside the class list")
+    return problems

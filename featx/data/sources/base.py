@@ -12,14 +12,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from .listing import Listing, text
-
-
-@dataclass(frozen=True)
-class Item:
-    key: str  # stable relative path, '/'-separated; unique within the source
-    label: int  # index into the source's classes, -1 when unlabelled
-    stamp: str  # changes when the file changes (size and modification time)
+from .listing import Item, Listing, text
 
 
 @dataclass

@@ -9,8 +9,16 @@ code that walks ``source.items`` works unchanged; code that handles every image 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str  # stable relative path, '/'-separated; unique within the source
+    label: int  # index into the source's classes, -1 when unlabelled
+    stamp: str  # changes when the file changes (size and modification time)
 
 
 def encode(strings) -> np.ndarray:
@@ -76,13 +84,9 @@ class Listing(Sequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return Listing(self.keys[i], self.stamps[i], self.labels[i])
-        from .base import Item
-
         return Item(text(self.keys[i]), int(self.labels[i]), text(self.stamps[i]))
 
     def __iter__(self) -> Iterator:
-        from .base import Item
-
         for start in range(0, len(self), 4096):  # strings decoded a block at a time
             stop = start + 4096
             for k, lab, s in zip(decode(self.keys[start:stop]).tolist(), self.labels[start:stop].tolist(),

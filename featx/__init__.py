@@ -21,6 +21,7 @@ _PUBLIC = {
     "extract": "featx.extraction.run",
     "ImageEmbedder": "featx.extraction.embedder",
     "load": "featx.api",
+    "iter_batches": "featx.api",
     "train": "featx.api",
     "predict": "featx.api",
     "finetune": "featx.api",
@@ -30,8 +31,8 @@ _PUBLIC = {
     "list_backbones": "featx.backbones.registry",
 }
 
-__all__ = ["ImageEmbedder", "__version__", "extract", "finetune", "list_backbones", "list_heads", "load",
-           "make_head", "predict", "run_pipeline", "train"]
+__all__ = ["ImageEmbedder", "__version__", "extract", "finetune", "iter_batches", "list_backbones",
+           "list_heads", "load", "make_head", "predict", "run_pipeline", "train"]
 
 
 def __getattr__(name):

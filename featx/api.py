@@ -8,10 +8,12 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
+from .core.errors import ParameterError
 from .core.names import DEFAULT_LAYER
 
 
-def load(store: str | os.PathLike, layer: str = DEFAULT_LAYER, *, cache_dir: str | os.PathLike = "cache"):
+def load(store: str | os.PathLike, layer: str = DEFAULT_LAYER, *, rows=None, lazy: bool = False,
+         cache_dir: str | os.PathLike = "cache"):
     """The features a store holds for one layer, with what they describe.
 
     Parameters
@@ -22,6 +24,12 @@ def load(store: str | os.PathLike, layer: str = DEFAULT_LAYER, *, cache_dir: str
     layer : str
         Which features: ``"embedding"`` (the pooled penultimate layer, the default) or a
         layer named with ``layers=`` when the store was extracted.
+    rows : slice or array, optional
+        Only these rows (in key order, as the store lists them): a slice, row indices or
+        a boolean mask.
+    lazy : bool
+        Leave ``X`` on disk: an array-like whose slices ``X[a:b]`` read only those rows
+        (what the out-of-core heads stream from).
     cache_dir : path
         The cache folder in which a store given by name is looked for.
 
@@ -35,7 +43,19 @@ def load(store: str | os.PathLike, layer: str = DEFAULT_LAYER, *, cache_dir: str
     from .store import load as load_store
     from .store import resolve
 
-    return load_store(resolve(cache_dir, os.fspath(store)), layer)
+    return load_store(resolve(cache_dir, os.fspath(store)), layer, rows=rows, lazy=lazy)
+
+
+def iter_batches(store: str | os.PathLike, rows_per_batch: int, layer: str = DEFAULT_LAYER, *,
+                 cache_dir: str | os.PathLike = "cache"):
+    """A store's rows in order, as :class:`featx.store.Features` of at most
+    ``rows_per_batch`` rows each: a store larger than memory, read a batch at a time."""
+    from .store import iter_batches as batches
+    from .store import resolve
+
+    if rows_per_batch < 1:
+        raise ParameterError("rows_per_batch", rows_per_batch, "must be at least 1")
+    return batches(resolve(cache_dir, os.fspath(store)), rows_per_batch, layer)
 
 
 def train(features: str | os.PathLike, head: str, *, out: str | os.PathLike | None = None,

@@ -265,6 +265,7 @@ def _cache_commands(sub) -> None:
         ("verify", "check stores against their checksums (all when none is named)", "*"),
         ("rm", "delete stores", "*"),
         ("compact", "rewrite the shards of a store that are mostly dead (removed or changed images)", 1),
+        ("export", "write a store's rows for other tools: NumPy arrays or Parquet", 1),
     ):
         a = csub.add_parser(name, help=helptext)
         _cache(a)
@@ -275,6 +276,10 @@ def _cache_commands(sub) -> None:
             a.add_argument("--json", action="store_true", help="everything, as JSON")
         if name == "rm":
             a.add_argument("--all", action="store_true", help="delete every store in the cache")
+        if name == "export":
+            a.add_argument("--format", choices=("npy", "parquet"), required=True, help="what to write")
+            a.add_argument("--out", required=True, metavar="DIR", help="the folder to write into")
+            a.add_argument("--layer", default="embedding", help="which features (default: embedding)")
         if name == "compact":
             a.add_argument("--dead-fraction", type=float, default=0.25, metavar="F",
                            help="rewrite a shard once this fraction of its entries is dead (default 0.25)")

@@ -103,6 +103,12 @@ def cmd_cache(args) -> int:
             store.remove(path)
             print(f"removed {Path(path)}")
         return 0
+    if args.action == "export":
+        from ..store.export import export
+
+        for written in export(store.resolve(args.cache, args.stores[0]), args.out, args.format, args.layer):
+            print(written)
+        return 0
     if args.action == "compact":
         from ..store.compact import compact
 

@@ -24,6 +24,7 @@ from .hdf5 import (
     StoreContents,
     check_provenance,
     info,
+    iter_batches,
     load,
     manifest,
     printable,
@@ -35,6 +36,6 @@ from .journal import Journal
 from .rows import Rows, Stacked, Taken
 
 __all__ = ["DEFAULT_LAYER", "FORMAT", "FORMATS", "SUFFIX", "Features", "Journal", "Rows", "Stacked",
-           "StoreContents", "Taken", "check_provenance", "info", "list_stores", "load", "manifest",
-           "printable", "read", "remove", "resolve", "shards", "slug", "snapshot", "store_path_for", "update",
-           "verify", "view", "write_lock", "write_store"]
+           "StoreContents", "Taken", "check_provenance", "info", "iter_batches", "list_stores", "load",
+           "manifest", "printable", "read", "remove", "resolve", "shards", "slug", "snapshot",
+           "store_path_for", "update", "verify", "view", "write_lock", "write_store"]

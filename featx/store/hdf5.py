@@ -20,7 +20,7 @@ from ..core.errors import StoreError
 from ..core.files import atomic_path
 from ..core.names import DEFAULT_LAYER
 from . import shards, snapshot, view
-from .rows import WRITE_BLOCK, Rows, take
+from .rows import WRITE_BLOCK, Rows, Taken, take
 
 FORMAT = 3  # 3: shards and a manifest (featx.store.snapshot); 2: one file, a checksum on
 FORMATS = (1, 2, 3)  # every dataset and on the attributes; 1: on the features only
@@ -55,6 +55,15 @@ class _StoreFeatures:
 
     def __init__(self, path: Path, name: str, shape: tuple[int, int]):
         self.path, self.name, self.shape = path, name, shape
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return self.take(np.arange(*index.indices(self.shape[0])))
+        return self.take(np.asarray(index, dtype=np.int64))
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         if not len(rows):
@@ -196,22 +205,45 @@ class Features:
         return (self.X, self.y, self.keys, self.classes)[i]
 
 
-def load(path: str | os.PathLike, layer: str = DEFAULT_LAYER) -> Features:
+def load(path: str | os.PathLike, layer: str = DEFAULT_LAYER, *, rows=None, lazy: bool = False) -> Features:
     """A store's features of ``layer``: float32 ``X``, int64 ``y``, str ``keys``, and its
-    ``classes`` and ``provenance``."""
+    ``classes`` and ``provenance``. ``rows`` (a slice, or an array of row indices or a
+    boolean mask) reads only those rows; with ``lazy``, ``X`` stays on disk: an array-like
+    with ``shape`` whose slices (``X[a:b]``) and ``take(rows)`` read just those rows."""
     with _open(path) as f:
         if f.attrs["format"] == 3:
             v = view.open_view(Path(path), snapshot.read(Path(path), f))
-            if layer not in v.snap.dims:
-                raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(v.snap.dims)})")
-            X = v.features(layer).take(np.arange(len(v.keys)))
-            return Features(X, v.labels, _decode(v.keys), v.snap.classes, v.snap.provenance, layer,
-                            Path(path))
-        if layer not in f["features"]:
-            raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(f['features'])})")
-        return Features(f["features"][layer][()], f["labels"][()], _decode(f["keys"][()]),
-                        _decode(f["classes"][()]).tolist(), json.loads(f.attrs["provenance"]), layer,
-                        Path(path))
+            dims, y, keys, classes, prov = v.snap.dims, v.labels, v.keys, v.snap.classes, v.snap.provenance
+            X = v.features(layer) if layer in dims else None
+        else:
+            dims = {n: f["features"][n].shape[1] for n in f["features"]}
+            y, keys = f["labels"][()], f["keys"][()]
+            classes, prov = _decode(f["classes"][()]).tolist(), json.loads(f.attrs["provenance"])
+            X = _StoreFeatures(Path(path), layer, f["features"][layer].shape) if layer in dims else None
+    if X is None:
+        raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(dims)})")
+    sel = np.arange(len(y))
+    if rows is not None:
+        sel = sel[rows]
+        if not isinstance(rows, slice):
+            sel = np.asarray(sel, np.int64).reshape(-1)
+    if rows is not None and not lazy:
+        X = X.take(sel)
+    elif rows is not None:
+        X = Taken(X, sel)
+    elif not lazy:
+        X = X.take(sel)
+    return Features(X, y[sel], _decode(keys[sel]), classes, prov, layer, Path(path))
+
+
+def iter_batches(path: str | os.PathLike, rows_per_batch: int, layer: str = DEFAULT_LAYER):
+    """The store's rows of ``layer`` as :class:`Features` of at most ``rows_per_batch``
+    rows each, in order: a store of any size read in bounded memory."""
+    lazy = load(path, layer, lazy=True)
+    for start in range(0, len(lazy.y), rows_per_batch):
+        stop = min(start + rows_per_batch, len(lazy.y))
+        yield Features(lazy.X[start:stop], lazy.y[start:stop], lazy.keys[start:stop], lazy.classes,
+                       lazy.provenance, layer, lazy.path)
 
 
 def manifest(path: str | os.PathLike) -> str | None:

@@ -78,6 +78,13 @@ class Taken:
     def __init__(self, x, sel: np.ndarray):
         self.x, self.sel = x, sel
         self.shape = (len(sel), x.shape[1])
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        return take(self.x, self.sel[index])
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         return take(self.x, self.sel[rows])

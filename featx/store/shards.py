@@ -36,8 +36,13 @@ def folder(store_path: Path) -> Path:
     return store_path.with_name(store_path.name + ".d")
 
 
-def new_name(suffix: str = ".h5") -> str:
-    return uuid.uuid4().hex[:20] + suffix
+def new_name(suffix: str = ".h5", prefix: str = "") -> str:
+    return prefix + uuid.uuid4().hex[:20] + suffix
+
+
+def rank_prefix(rank: int) -> str:
+    """How the commits of one process of a torchrun job are named."""
+    return f"rank{rank:03d}-"
 
 
 def put(group, name: str, data: np.ndarray) -> str:

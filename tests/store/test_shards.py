@@ -9,13 +9,13 @@ import time
 import h5py
 import numpy as np
 import pytest
-from support.imagegen import make_folder
 
 import featx
 from featx import store
 from featx.store import shards, snapshot
 from featx.store.compact import compact
 from featx.store.hdf5 import write_store
+from support.imagegen import make_folder
 
 OPTS = {"batch_size": 8, "workers": 0}
 
@@ -165,3 +165,36 @@ def test_a_killed_run_leaves_its_commits_for_the_next_which_uses_them(built):
     r = featx.extract(data, "pixels", tmp / "cache", **OPTS)
     assert r.embedded == 0 and r.rows == 64
     _same(path, featx.extract(data, "pixels", tmp / "fresh", **OPTS).path)
+
+
+def test_rows_lazy_batches_and_export_read_the_same_rows(built, tmp_path):
+    tmp, data, path = built
+    make_folder(data, {"wasps": 5}, start_seed=50)
+    featx.extract(data, "pixels", tmp / "cache", **OPTS)  # two shards, read in key order
+    full = featx.load(path)
+    part = featx.load(path, rows=np.array([59, 0, 31]))
+    np.testing.assert_array_equal(part.X, full.X[[59, 0, 31]])
+    assert part.keys.tolist() == full.keys[[59, 0, 31]].tolist()
+    assert part.y.tolist() == full.y[[59, 0, 31]].tolist()
+    lazy = featx.load(path, lazy=True)
+    assert not isinstance(lazy.X, np.ndarray) and lazy.X.shape == full.X.shape
+    np.testing.assert_array_equal(lazy.X[10:50], full.X[10:50])
+    batches = list(featx.iter_batches(path, 16))
+    assert [len(b.y) for b in batches] == [16, 16, 16, 12]
+    np.testing.assert_array_equal(np.concatenate([b.X for b in batches]), full.X)
+    with pytest.raises(featx.core.errors.ParameterError):
+        featx.iter_batches(path, 0)
+
+    from featx.cli import main
+
+    assert main(["cache", "export", str(path), "--format", "npy", "--out", str(tmp_path / "npy")]) == 0
+    np.testing.assert_array_equal(np.load(tmp_path / "npy" / "embedding.npy"), full.X)
+    assert np.load(tmp_path / "npy" / "keys.npy").tolist() == full.keys.tolist()
+    np.testing.assert_array_equal(np.load(tmp_path / "npy" / "labels.npy"), full.y)
+    assert main(["cache", "export", str(path), "--format", "parquet", "--out", str(tmp_path / "pq")]) == 0
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(tmp_path / "pq" / "embedding.parquet")
+    assert table.column("key").to_pylist() == full.keys.tolist()
+    assert table.column("label").to_pylist() == [full.classes[i] for i in full.y]
+    np.testing.assert_array_equal(np.array(table.column("embedding").to_pylist(), np.float32), full.X)

@@ -134,7 +134,9 @@ class StoreWriter:
         entries = shards.Entries(_enc(rows.keys), _enc(rows.stamps), np.full(n, -1, np.int32), [],
                                  _enc(rows.skipped_keys), _enc(rows.skipped_stamps),
                                  np.asarray(rows.skipped_reasons, str), {})
-        shards.write(self.folder / shards.new_name(), entries, rows.features, rows.sha256)
+        prefix = shards.rank_prefix(self.world.rank) if self.world.size > 1 else ""
+        shards.write(self.folder / shards.new_name(prefix=prefix), entries, rows.features, rows.sha256,
+                     in_memory=True)
         return rows
 
     def finish(self, new_parts: list[Rows], seconds: float) -> ExtractResult:
@@ -164,7 +166,11 @@ class StoreWriter:
         # An accumulating store matches no single listing; one with files that could not
         # be read this time is rechecked by the next run.
         listing_digest = "" if transient or plan.source.accumulates else plan.manifest
-        parts = _write_copies(scan, copies, plan, self.world)
+        try:
+            parts = _write_copies(scan, copies, plan, self.world)
+        except WriteError as exc:
+            raise WriteError(f"{exc}; {plan.path.name} is unchanged, and the images embedded in this run "
+                             f"are kept in {self.folder} for the next run") from None
         if self.world.size > 1:
             parts = [p for ps in distributed.gather(parts) for p in ps]
         if not self.world.is_main:

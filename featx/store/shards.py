@@ -13,6 +13,7 @@ names) and ``entry`` (indices). Shards and tombstones live in the store's folder
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import uuid
@@ -93,27 +94,43 @@ class Entries:
         return len(self.keys) + len(self.skipped_keys)
 
 
-def write(path: Path, entries: Entries, features: dict, sha256: np.ndarray) -> str:
-    """Write a shard atomically; returns its digest."""
+def write(path: Path, entries: Entries, features: dict, sha256: np.ndarray, in_memory: bool = False) -> str:
+    """Write a shard atomically; returns its digest. ``in_memory`` (for the small shards
+    of commits) builds the file in memory and writes its bytes at once, so a full disk is
+    one clean ``OSError`` rather than HDF5 failing halfway through its own flushes."""
     sums = {}
     with atomic_path(path) as tmp:
+        if in_memory:
+            buf = io.BytesIO()
+            with h5py.File(buf, "w", libver="v108") as f:
+                _fill(f, entries, features, sha256, sums)
+            with open(tmp, "wb") as fh:
+                fh.write(buf.getbuffer())
+            return digest_of(sums)
         f = h5py.File(tmp, "w", libver="v108")
         try:
-            f.attrs["format"], f.attrs["kind"] = 3, "shard"
-            for name, data in (("keys", entries.keys), ("stamps", entries.stamps), ("sha256", encode(sha256)),
-                               ("labels", np.asarray(entries.labels, np.int32)),
-                               ("classes", encode(entries.classes)), ("skipped/keys", entries.skipped_keys),
-                               ("skipped/stamps", entries.skipped_stamps),
-                               ("skipped/reasons", encode(entries.skipped_reasons))):
-                sums[name] = put(f, name, _bytes(data))
-            for name, x in features.items():
-                sums[f"features/{name}"] = put_features(f, f"features/{name}", x)
+            _fill(f, entries, features, sha256, sums)
             f.close()
         except BaseException:
-            os.truncate(tmp, 0)  # see featx.store.hdf5.write_store: room for HDF5's final flush
+            # HDF5 flushes when the file closes; after a failed write (a full disk) that
+            # flush fails too. Emptying the temporary file first gives it room; it is
+            # deleted anyway.
+            os.truncate(tmp, 0)
             f.close()
             raise
     return digest_of(sums)
+
+
+def _fill(f: h5py.File, entries: Entries, features: dict, sha256: np.ndarray, sums: dict) -> None:
+    f.attrs["format"], f.attrs["kind"] = 3, "shard"
+    for name, data in (("keys", entries.keys), ("stamps", entries.stamps), ("sha256", encode(sha256)),
+                       ("labels", np.asarray(entries.labels, np.int32)),
+                       ("classes", encode(entries.classes)), ("skipped/keys", entries.skipped_keys),
+                       ("skipped/stamps", entries.skipped_stamps),
+                       ("skipped/reasons", encode(entries.skipped_reasons))):
+        sums[name] = put(f, name, _bytes(data))
+    for name, x in features.items():
+        sums[f"features/{name}"] = put_features(f, f"features/{name}", x)
 
 
 def _bytes(data) -> np.ndarray:

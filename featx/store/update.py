@@ -50,6 +50,7 @@ class Scan:
         self.index = {c: i for i, c in enumerate(classes)}
         dead = view.dead_entries(path, snap) if snap else {}
         self.rows_in = [0] * len(self.files)  # rows of each file (its skipped files follow)
+        self._transient: list[tuple[int, np.ndarray, np.ndarray]] = []
         for i, f in enumerate(self.files):
             try:
                 e = shards.read_entries(f)
@@ -63,6 +64,12 @@ class Scan:
                 live[dead.get(f.name, np.zeros(0, np.int64))] = False
             self._rows(i, e, live[:e.rows])
             self._skipped(i, e, live[e.rows:])
+        self._settle()
+
+    def _settle(self) -> None:
+        """Bury the store's records of read failures that something better replaced."""
+        for i, pos, entries in self._transient:
+            self._bury(i, entries[(self.file[pos] != i) | (self.entry[pos] != entries)])
 
     def _match(self, keys: np.ndarray, stamps: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keys_l = self.listing.keys
@@ -97,11 +104,14 @@ class Scan:
         entries = e.rows + np.arange(len(e.skipped_keys))
         final = e.skipped_stamps != b""  # a decode failure is final for this content
         kept = self._take(i, pos, entries, SKIPPED, live & exact & final)
-        if i >= len(self.live):  # this run's read failures are recorded, then retried
-            self._take(i, pos, entries, TRANSIENT, live & hit & ~final)
-        else:
+        # a read failure is recorded and retried; the store's own record stays while
+        # retrying fails again, and goes once the file reads (see _settle)
+        failed = live & hit & ~final
+        self._take(i, pos, entries, TRANSIENT, failed)
+        if i < len(self.live):
             unlisted = ~hit if not self.accumulates else np.zeros(len(hit), bool)
-            self._bury(i, entries[live & ~kept & (hit | unlisted)])
+            self._bury(i, entries[live & ~kept & ~failed & (hit | unlisted)])
+            self._transient.append((i, pos[failed], entries[failed]))
 
     def _bury(self, i: int, entries: np.ndarray) -> None:
         if len(entries):

@@ -13,8 +13,7 @@ import uuid
 
 import pytest
 
-from featx.store import Journal
-from support.crash import COMMIT_EVERY_BATCH, assert_intact, run_featx, store_equal
+from support.crash import COMMIT_EVERY_BATCH, assert_intact, committed, run_featx, store_equal
 from support.imagegen import make_folder
 
 EXTRACT = ["extract", "--backbone", "efficientnet_lite0", "--image-size", "64", "--batch-size", "8",
@@ -47,14 +46,13 @@ def test_a_store_that_cannot_be_written_keeps_the_old_store_and_the_journal(job,
     root, data, reference = job
     cache = tmp_path / "cache"
     args = [*EXTRACT, "--data", str(data), "--cache", str(cache)]
-    # journal chunks (8 images, 41 kB each) fit; the store (80 images, 410 kB) does not
+    # commits (8 images, 41 kB each) fit; the store's shard (80 images, 410 kB) does not
     rc, _, err, _ = run_featx([*args, *COMMIT_EVERY_BATCH], root, prelude=limit(200_000))
     line = _one_line_error(rc, err)
     assert "cannot write it, the file grew past the size this process may write" in line
     assert "the images embedded in this run are kept in" in line
     assert_intact(cache)
-    store_name = next(cache.glob("*.journal")).name.removesuffix(".journal")
-    assert sum(len(p) for p in Journal(cache / store_name).read()) == 80
+    assert committed(cache) == 80
     rc, out, err, _ = run_featx(args, root)
     assert rc == 0 and "80 images in the store: 0 embedded" in err, err
     store_equal(out.splitlines()[-1], reference)
@@ -113,8 +111,8 @@ def test_a_full_disk_during_journal_commits_and_the_store_write_loses_nothing(jo
     assert "cannot write it, the disk is full (No space left on device)" in line
     assert "the batches committed before it are kept in" in line
     assert_intact(small_disk)
-    committed = sum(len(p) for p in Journal(next(small_disk.glob("*.journal")).with_suffix("")).read())
-    assert 8 <= committed < 80
+    kept = committed(small_disk)
+    assert 8 <= kept < 80
 
     subprocess.run(["mount", "-o", "remount,size=600k", str(small_disk)], check=True)
     rc, _, err, _ = run_featx([*args, *COMMIT_EVERY_BATCH], root)  # the journal fits now, the store does not

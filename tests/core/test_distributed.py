@@ -18,8 +18,9 @@ import torch
 from featx import store
 from featx.core.distributed import World
 from featx.data.sources import Item
+from featx.data.sources.listing import Listing
 from featx.extraction.plan import shard
-from support.crash import run_featx, store_equal
+from support.crash import commits, committed, run_featx, store_equal
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -41,7 +42,7 @@ def _workers(proc: subprocess.Popen) -> list[int]:
 
 
 def test_shards_are_whole_batches_dealt_round_robin():
-    todo = [Item(f"k{i:02d}", 0, "") for i in range(21)]
+    todo = Listing.of([Item(f"k{i:02d}", 0, "") for i in range(21)])
     parts = [shard(todo, 4, World(r, 2)) for r in range(2)]
     assert [it.key for it in parts[0]] == [f"k{i:02d}" for i in [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19]]
     assert sorted(it.key for p in parts for it in p) == [it.key for it in todo]
@@ -108,7 +109,7 @@ def test_a_killed_process_and_a_rerun_at_any_world_size_give_the_same_store(sing
     cache = tmp / f"killed-{rerun_with}"
     proc = torchrun(2, [*args, "--cache", str(cache)], tmp)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list(cache.glob("*.journal/rank001-*.npz"))) < 2:
+    while time.monotonic() < deadline and len(commits(cache, rank=1)) < 2:
         time.sleep(0.02)
     victims = _workers(proc)
     assert len(victims) == 2, victims
@@ -116,8 +117,8 @@ def test_a_killed_process_and_a_rerun_at_any_world_size_give_the_same_store(sing
     proc.communicate(timeout=300)
     assert proc.returncode != 0
     assert not list(cache.glob("*.h5"))
-    committed = sum(len(p) for p in store.Journal(cache / Path(reference).name).read())
-    assert 24 <= committed < 153
+    kept = committed(cache)
+    assert 24 <= kept < 153
 
     if rerun_with == 1:
         rc, out, err, _ = run_featx([*args, "--cache", str(cache)], tmp)
@@ -126,7 +127,7 @@ def test_a_killed_process_and_a_rerun_at_any_world_size_give_the_same_store(sing
         out, err = again.communicate(timeout=300)
         rc = again.returncode
     assert rc == 0, err
-    assert f"153 images in the store: {153 - committed} embedded" in err and f"{committed} reused" in err
+    assert f"153 images in the store: {153 - kept} embedded" in err and f"{kept} reused" in err
     store_equal(out.splitlines()[-1], reference)
 
 

@@ -15,7 +15,7 @@ import pytest
 from featx import store
 from featx.core.errors import SourceError
 from featx.extraction import extract
-from featx.store import Journal
+from support.crash import committed
 from support.hostile import PWNED, make_corpus, outcomes
 from support.imagegen import jpeg_bytes, make_folder, photo
 
@@ -112,9 +112,7 @@ def test_on_error_fail_stops_at_the_first_bad_file_and_keeps_the_batches_before_
                 on_error="fail")
     assert str(err.value).startswith(f"{data / 'a' / '08_broken.jpg'}: cannot decode: ")
     assert "\n" not in str(err.value)
-    journals = list((tmp_path / "cache").glob("*.journal"))
-    committed = sum(len(p) for p in Journal(Path(str(journals[0]).removesuffix(".journal"))).read())
-    assert committed == 8  # the two whole batches before the one holding the bad file
+    assert committed(tmp_path / "cache") == 8  # the two whole batches before the one holding the bad file
 
     skipped = extract(data, lite0_small, tmp_path / "cache", batch_size=4, commit_rows=4, workers=1)
     assert skipped.skipped == 1  # recorded; and a later run that asks to fail still finds it

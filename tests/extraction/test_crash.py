@@ -2,7 +2,7 @@
 and the rerun finishes with the result an uninterrupted run gives.
 
 The default suite kills an extraction at two random moments and at each critical
-step of writing (a journal chunk, the store, clearing the journal), a pipeline run and a
+step of writing (a commit, a shard, the manifest, removing the commits), a pipeline run and a
 head fit once each; ``pytest -m slow`` kills an extraction 50 times and prints where
 the kills landed.
 """
@@ -19,6 +19,7 @@ from featx.heads.bundle import load as load_model
 from support.crash import (
     COMMIT_EVERY_BATCH,
     assert_intact,
+    commits,
     kill_after,
     phase,
     run_featx,
@@ -51,7 +52,7 @@ def _kill_and_rerun(job, tmp_path, seconds: float, after_first_commit: bool) -> 
     root, data, reference, _ = job
     cache = tmp_path / "cache"
     args = [*EXTRACT, "--data", str(data), "--cache", str(cache)]
-    committed = (lambda: any(cache.glob("*.journal/*.npz"))) if after_first_commit else None
+    committed = (lambda: bool(commits(cache))) if after_first_commit else None
     killed = kill_after([*args, *COMMIT_EVERY_BATCH], root, seconds, once=committed)
     where = phase(cache) if killed else "finished before the kill"
     assert_intact(cache)
@@ -59,7 +60,7 @@ def _kill_and_rerun(job, tmp_path, seconds: float, after_first_commit: bool) -> 
     assert rc == 0, err
     result = out.splitlines()[-1]
     store_equal(result, reference)
-    assert not list(cache.glob("*.journal")) and not list(cache.glob(".*.tmp-*")), list(cache.iterdir())
+    assert not commits(cache) and not list(cache.glob(".*.tmp-*")), list(cache.iterdir())
     return where
 
 
@@ -87,21 +88,26 @@ def test_extraction_killed_fifty_times_always_resumes_to_the_reference_store(job
 # Faults planted in the child: SIGKILL exactly at one critical step of writing.
 _KILL = "import os, signal\ndef _die(*a, **k):\n    os.kill(os.getpid(), signal.SIGKILL)\n"
 STEPS = {
-    # a journal chunk fully written to its temporary name, not yet renamed
-    "journal chunk before its rename": _KILL + (
+    # the fourth commit fully written to its temporary name, not yet renamed
+    "commit before its rename": _KILL + (
+        "import featx.core.files as F\n_r, _n = F.os.replace, [0]\n"
+        "def rep(a, b):\n    _n[0] += '.h5.d' in str(b)\n    return _die() if _n[0] == 4 else _r(a, b)\n"
+        "F.os.replace = rep\n"),
+    # a new shard of the finishing run partly written under its temporary name
+    "shard partly written": _KILL + (
+        "import featx.store.shards as S, featx.extraction.writer as W\nS.WRITE_BLOCK = 32\n"
+        "_t, _n = S.take, [0]\n"
+        "def take(x, rows):\n    _n[0] += _n[0] > 0\n    return _die() if _n[0] == 3 else _t(x, rows)\n"
+        "S.take = take\n_w = W.StoreWriter._write\n"
+        "def write(self, *a):\n    _n[0] = 1\n    return _w(self, *a)\nW.StoreWriter._write = write\n"),
+    # the manifest complete under its temporary name, not yet renamed
+    "manifest before its rename": _KILL + (
         "import featx.core.files as F\n_r = F.os.replace\n"
-        "F.os.replace = lambda a, b: _die() if str(b).endswith('00000003.npz') else _r(a, b)\n"),
-    # the store partly written under its temporary name
-    "store partly written": _KILL + (
-        "import featx.store.hdf5 as S\nS.WRITE_BLOCK = 32\n_t, _n = S.take, [0]\n"
-        "def take(x, rows):\n    _n[0] += 1\n    return _die() if _n[0] == 2 else _t(x, rows)\n"
-        "S.take = take\n"),
-    # the store complete under its temporary name, not yet renamed
-    "store before its rename": _KILL + (
-        "import featx.core.files as F\n_r = F.os.replace\n"
-        "F.os.replace = lambda a, b: _die() if str(b).endswith('.h5') else _r(a, b)\n"),
-    # the store in place, the journal not yet cleared
-    "journal before it is cleared": _KILL + "import featx.store.journal as S\nS.Journal.clear = _die\n",
+        "F.os.replace = lambda a, b: _die() if str(b).endswith('.h5') and '.h5.d' not in str(b) "
+        "else _r(a, b)\n"),
+    # the manifest in place, the commits it made shards of not yet removed
+    "commits before they are removed": _KILL + (
+        "import featx.extraction.writer as W\nW.remove_unnamed = _die\n"),
 }
 
 
@@ -111,7 +117,7 @@ def test_a_kill_at_each_step_of_writing_leaves_readable_files_and_the_rerun_equa
                                                                                                  step):
     root, data, reference, _ = job
     cache = tmp_path / "cache"
-    if step == "journal before it is cleared":  # an older store is replaced: it must survive the kill intact
+    if step == "commits before they are removed":  # an older store is updated: it must survive the kill
         shutil.copytree(root / "reference", cache)
         (data / "a" / "new.jpg").write_bytes(jpeg_bytes(photo(999)))
     args = [*EXTRACT, "--data", str(data), "--cache", str(cache), "--on-error", "skip"]
@@ -121,13 +127,13 @@ def test_a_kill_at_each_step_of_writing_leaves_readable_files_and_the_rerun_equa
         assert_intact(cache)
         rc, out, err, _ = run_featx(args, root)
         assert rc == 0, err
-        if step == "journal before it is cleared":
+        if step == "commits before they are removed":
             clean = tmp_path / "clean"
             rc, ref, err, _ = run_featx([*EXTRACT, "--data", str(data), "--cache", str(clean)], root)
             store_equal(out.splitlines()[-1], ref.splitlines()[-1])
         else:
             store_equal(out.splitlines()[-1], reference)
-        assert not list(cache.glob("*.journal")) and not list(cache.glob(".*.tmp-*"))
+        assert not commits(cache) and not list(cache.glob(".*.tmp-*"))
     finally:
         (data / "a" / "new.jpg").unlink(missing_ok=True)
 

@@ -1,4 +1,5 @@
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -6,12 +7,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from featx.extraction import extract
-from featx.store import Journal, info, load, read, remove, verify
-from support.crash import store_equal
+from featx.store import Journal, info, load, read, remove, shards, snapshot, verify
+from support.crash import commits, committed, store_equal
 from support.imagegen import jpeg_bytes, make_folder, photo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -132,23 +134,22 @@ def test_sigkilled_extraction_resumes_to_an_identical_store(hymenoptera, tmp_pat
     cache = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-c", job, str(cache)], cwd=ROOT)
     deadline = time.monotonic() + 120
-    journal_chunks = []
+    found = []
     while time.monotonic() < deadline and proc.poll() is None:
-        journal_chunks = list(cache.glob("*.journal/*.npz"))
-        if len(journal_chunks) >= 3:
+        found = commits(cache)
+        if len(found) >= 3:
             break
         time.sleep(0.02)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert len(journal_chunks) >= 3, "the run ended before it could be killed"
+    assert len(found) >= 3, "the run ended before it could be killed"
     assert not list(cache.glob("*.h5")), "killed before finishing: no store yet"
-    store_name = journal_chunks[0].parent.name.removesuffix(".journal")
-    committed = sum(len(p) for p in Journal(cache / store_name).read())
+    kept = committed(cache)
 
     resumed = extract(data, "efficientnet_lite0", cache, image_size=96, batch_size=8, commit_rows=8,
                       workers=1)
-    assert (resumed.reused, resumed.embedded) == (committed, 153 - committed) and committed >= 24
-    assert not Journal(resumed.path).dir.exists()
+    assert (resumed.reused, resumed.embedded) == (kept, 153 - kept) and kept >= 24
+    assert not commits(cache)
 
     clean = extract(data, "efficientnet_lite0", tmp_path / "clean", image_size=96, batch_size=8, workers=1)
     assert clean.embedded == 153
@@ -193,13 +194,20 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_store(tmp_path, li
     assert extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0).embedded == 1
 
 
-def test_a_store_with_a_leftover_journal_and_temp_file_is_finished_without_model_work(tmp_path, lite0_small):
-    """The windows between renaming the store into place and clearing the journal, and
-    between creating the temporary store and renaming it."""
+@pytest.mark.parametrize("leftover", ["commit", "journal of an earlier version"])
+def test_a_store_with_leftover_commits_and_temp_file_is_finished_without_model_work(tmp_path, lite0_small,
+                                                                                      leftover):
+    """The windows between renaming the manifest into place and removing the commits it
+    made shards of, and between creating the temporary manifest and renaming it; and a
+    journal that an interrupted run of featx 0.1 (single-file stores) left."""
     data = make_folder(tmp_path / "data", {"a": 3})
     first = extract(data, lite0_small, tmp_path / "cache", workers=0)
     rows = read(first.path).rows
-    Journal(first.path).commit(rows)  # as if killed right after the rename
+    if leftover == "commit":  # as if killed right after the rename
+        shard = next(shards.folder(first.path).glob("*.h5"))
+        shutil.copy2(shard, shard.with_name("leftover.h5"))
+    else:
+        Journal(first.path).commit(rows)
     stale = first.path.with_name(f".{first.path.name}.tmp-99999")
     stale.write_bytes(b"half a store")
     before = read(first.path)
@@ -209,7 +217,7 @@ def test_a_store_with_a_leftover_journal_and_temp_file_is_finished_without_model
     finally:
         counter.handle.remove()
     assert (counter.calls, again.embedded, again.rows) == (0, 0, 3)
-    assert not Journal(first.path).dir.exists() and not stale.exists()
+    assert not Journal(first.path).dir.exists() and not stale.exists() and not commits(tmp_path / "cache")
     after = read(first.path)
     assert list(after.rows.keys) == list(before.rows.keys)
     assert np.array_equal(after.rows.features["embedding"], before.rows.features["embedding"])
@@ -336,8 +344,6 @@ def test_the_chosen_precision_is_the_one_computed(tmp_path, lite0_small):
 
 
 def test_a_store_whose_provenance_does_not_match_the_request_is_refused(tmp_path, lite0_small):
-    import json
-
     import h5py
     import pytest
 
@@ -345,13 +351,16 @@ def test_a_store_whose_provenance_does_not_match_the_request_is_refused(tmp_path
 
     make_folder(tmp_path / "data", {"a": 3})
     path = extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0).path
-    with h5py.File(path, "r+") as f:  # as if another network's store had been put under this name
-        prov = json.loads(f.attrs["provenance"])
-        prov["backbone"]["weights_sha256"] = "0" * 64
-        f.attrs["provenance"] = json.dumps(prov)
+    snap = snapshot.read(path)  # as if another network's store had been put under this name
+    snap.provenance["backbone"]["weights_sha256"] = "0" * 64
+    snapshot.write(path, snap)
     with pytest.raises(StoreError, match=r"was written with other backbone than requested .*featx cache rm"):
         extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)  # the images are the same
     (tmp_path / "data" / "a" / "new.jpg").write_bytes(jpeg_bytes(photo(99)))
     with pytest.raises(StoreError, match=r"was written with other backbone than requested .*featx cache rm"):
         extract(tmp_path / "data", lite0_small, tmp_path / "cache", workers=0)  # and with one more
-    assert verify(path) == ["provenance or manifest does not match its recorded checksum"]
+    with h5py.File(path, "r+") as f:  # a manifest changed behind its checksum's back
+        raw = f["manifest.json"][()]
+        raw[raw.tobytes().index(b"0000")] = ord("1")
+        f["manifest.json"][...] = raw
+    assert verify(path) == [f"{path}: the manifest does not match its recorded checksum"]

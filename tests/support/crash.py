@@ -57,6 +57,30 @@ def kill_after(args: list[str], cwd: Path, seconds: float, prelude: str = "", on
         proc.stderr.close()
 
 
+def commits(cache: Path, rank: int | None = None) -> list[Path]:
+    """The commits of unfinished extractions in ``cache``: shard files that no store's
+    manifest names yet (of process ``rank`` only, under torchrun, when given)."""
+    from featx.store import shards, snapshot, update
+
+    found = []
+    for folder in cache.glob("*.h5.d"):
+        path = folder.with_name(folder.name.removesuffix(".d"))
+        try:
+            snap = snapshot.read(path) if path.exists() else None
+        except Exception:
+            snap = None
+        found += update.pending_files(path, snap)
+    prefix = None if rank is None else shards.rank_prefix(rank)
+    return sorted(p for p in found if prefix is None or p.name.startswith(prefix))
+
+
+def committed(cache: Path) -> int:
+    """Images (rows and skipped files) in the commits of unfinished extractions in ``cache``."""
+    from featx.store import shards
+
+    return sum(shards.read_entries(p).size for p in commits(cache))
+
+
 def work_window(args: list[str], cwd: Path, cache: Path, prelude: str = "") -> tuple[float, float, str]:
     """Run ``featx ARGS`` to its end, watching ``cache``: (seconds until its first journal
     chunk, seconds until its store was in place plus 0.2 s, its last line of output).
@@ -67,7 +91,7 @@ def work_window(args: list[str], cwd: Path, cache: Path, prelude: str = "") -> t
     first = stored = None
     while proc.poll() is None:
         now = time.monotonic() - start
-        if first is None and list(cache.glob("*.journal/*.npz")):
+        if first is None and commits(cache):
             first = now
         if stored is None and list(cache.glob("*.h5")):
             stored = now
@@ -79,14 +103,14 @@ def work_window(args: list[str], cwd: Path, cache: Path, prelude: str = "") -> t
 
 def phase(cache: Path) -> str:
     """What an extraction had got to when it was killed, from what it left in ``cache``."""
-    chunks = list(cache.glob("*.journal/*.npz"))
+    chunks = commits(cache)
     if list(cache.glob(".*.h5.tmp-*")):
-        return "writing the store"
+        return "writing the manifest"
     if list(cache.glob("*.h5")):
-        return "store written" + (", journal not yet cleared" if chunks else "")
+        return "store written" + (", commits not yet removed" if chunks else "")
     if chunks:
-        return "embedding, journal committed"
-    if list(cache.glob("*.journal")):
+        return "embedding, commits on disk"
+    if list(cache.glob("*.h5.d")):
         return "embedding, first commit in progress"
     return "starting up"
 
@@ -99,7 +123,11 @@ def assert_intact(*folders: Path) -> None:
         for p in folder.rglob("*"):
             if not p.is_file() or p.name.endswith(".lock") or ".tmp-" in p.name and p.name.startswith("."):
                 continue
-            if p.suffix == ".h5":
+            if p.suffix == ".h5" and p.parent.name.endswith(".h5.d"):  # a shard or tombstone file
+                from featx.store import shards
+
+                assert shards.verify(p, shards.recorded_digest(p)) == [], p
+            elif p.suffix == ".h5":
                 assert store.verify(p) == [], p
             elif p.suffix == ".json":
                 json.loads(p.read_text())

@@ -83,15 +83,14 @@ class StoreWriter:
         """The store as it is, when the source listing has not changed since it was
         written and no interrupted run left work behind; else None."""
         plan = self.plan
-        if store.manifest(plan.path) != plan.manifest or pending_files(plan.path, self._snapshot()) \
+        snap = self._snapshot()  # the manifest alone: nothing read in proportion to the store
+        if snap is None or snap.listing != plan.manifest or pending_files(plan.path, snap) \
                 or Journal(plan.path).chunks():
             return None
-        done = store.info(plan.path)
-        self._check(done["provenance"])
-        if plan.on_error == "fail" and done["skipped"]:
+        self._check(snap.provenance)
+        if plan.on_error == "fail" and snap.skipped + len(snap.problems):
             return None  # todo() finds the skipped file and stops on it
-        return ExtractResult(plan.path, done["rows"], 0, done["rows"], len(done["skipped"]), 0.0,
-                             plan.precision, plan.device.type)
+        return self._result(snap, 0, 0.0)
 
     def _snapshot(self) -> Snapshot | None:
         try:
@@ -209,8 +208,9 @@ class StoreWriter:
         provenance = self._provenance(old, embedded, seconds)
         snap = Snapshot(shards_after, dead_parts, list(plan.source.classes), _problems(plan.source),
                         provenance, listing_digest, dict(plan.backbone.dims))
-        v = store.view.open_view(plan.path, snap)
-        snap.rows, snap.skipped = len(v.keys), len(v.skipped_keys) - len(snap.problems)
+        snap.rows, snap.skipped = _live_counts(kept, before, names, entries)
+        snap.rows += sum(p.rows for p in parts)
+        snap.skipped += sum(p.skipped for p in parts)
         return snap
 
     def _provenance(self, old: Snapshot | None, embedded: int, seconds: float) -> dict:
@@ -273,6 +273,18 @@ def _write_shard(scan: Scan, positions: np.ndarray, plan: Plan) -> Part:
     name = shards.new_name()
     digest = shards.write(shards.folder(scan.path) / name, entries, feats, scan.sha256(rows))
     return Part(name, len(rows), len(skipped), digest)
+
+
+def _live_counts(kept: list[Part], before: dict[str, np.ndarray], names: np.ndarray,
+                 entries: np.ndarray) -> tuple[int, int]:
+    """Live rows and skipped files of the shards kept, after the old and new tombstones."""
+    rows = skipped = 0
+    for p in kept:
+        dead = np.union1d(before.get(p.name, np.zeros(0, np.int64)), entries[names == p.name.encode()])
+        dead_rows = int(np.sum(dead < p.rows))
+        rows += p.rows - dead_rows
+        skipped += p.skipped - (len(dead) - dead_rows)
+    return rows, skipped
 
 
 def _names_any(dead_file: Path, live: set[str]) -> bool:

@@ -61,7 +61,7 @@ def iter_batches(store: str | os.PathLike, rows_per_batch: int, layer: str = DEF
 def train(features: str | os.PathLike, head: str, *, out: str | os.PathLike | None = None,
           val: str | os.PathLike | None = None, layer: str = DEFAULT_LAYER, val_fraction: float = 0.2,
           seed: int = 0, n_jobs: int | None = None, sweep_backend: str = "loky", scheduler: str | None = None,
-          cache_dir: str | os.PathLike = "cache"):
+          max_memory: int | None = None, cache_dir: str | os.PathLike = "cache"):
     """Fit a head on a store's features, its hyper-parameter chosen on a validation split.
 
     Parameters
@@ -89,6 +89,10 @@ def train(features: str | os.PathLike, head: str, *, out: str | os.PathLike | No
         Where those tasks run: ``loky`` (local processes), ``dask`` or ``ray``.
     scheduler : str, optional
         The dask scheduler or Ray cluster's address (default: a local one).
+    max_memory : int, optional
+        Bytes the features may take while ``logreg``, ``ridge`` or ``knn`` is fitted: the
+        store is read by blocks (out of core), with the same result as in memory. Without
+        it, those heads stream a store larger than a quarter of the available memory.
     cache_dir : path
         The cache folder in which stores given by name are looked for.
 
@@ -107,7 +111,7 @@ def train(features: str | os.PathLike, head: str, *, out: str | os.PathLike | No
     val_path = store.resolve(cache_dir, os.fspath(val)) if val is not None else None
     with backend(sweep_backend, scheduler):
         bundle = fit_store(path, head, val=val_path, layer=layer, val_fraction=val_fraction, seed=seed,
-                           n_jobs=n_jobs)
+                           n_jobs=n_jobs, max_memory=max_memory)
     if out is not None:
         save(bundle, out)
     return bundle

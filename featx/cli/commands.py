@@ -10,11 +10,13 @@ import sys
 from pathlib import Path
 
 from .. import api
+from ..core import signals
 from ..core.errors import FeatxError
 
 log = logging.getLogger("featx")
 
 
+@signals.stopping()  # from the start: a signal while torch loads (seconds) is answered too
 def cmd_extract(args) -> int:
     from ..extraction import extract
 
@@ -30,7 +32,8 @@ def cmd_extract(args) -> int:
 def cmd_train(args) -> int:
     b = api.train(args.features, args.head, out=args.out, val=args.val, layer=args.layer,
                   val_fraction=args.val_fraction, seed=args.seed, n_jobs=args.n_jobs,
-                  sweep_backend=args.sweep_backend, scheduler=args.scheduler, cache_dir=args.cache)
+                  sweep_backend=args.sweep_backend, scheduler=args.scheduler, max_memory=args.max_memory,
+                  cache_dir=args.cache)
     m = b.metrics
     chosen = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in m["best_params"].items())

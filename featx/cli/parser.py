@@ -57,6 +57,19 @@ def _on_error(p: argparse.ArgumentParser, default: str | None = "skip") -> None:
                         + "); fail stops at the first, naming it")
 
 
+def _bytes(text: str) -> int:
+    """A size: bytes, or with a K, M or G suffix (powers of 1024)."""
+    units = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+    scale = units.get(text[-1:].upper(), 1)
+    try:
+        value = int(float(text[:-1] if scale > 1 else text) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (bytes, or with K, M or G)") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be positive")
+    return value
+
+
 def _cache(p: argparse.ArgumentParser, what: str = "embedding stores") -> None:
     p.add_argument("--cache", default=DEFAULT_CACHE, metavar="DIR",
                    help=f"folder of the {what} (default: {DEFAULT_CACHE}, or $FEATX_CACHE)")
@@ -139,6 +152,9 @@ def _train(sub) -> None:
                    help="where the sweep's tasks run: local processes, a dask or a Ray cluster")
     t.add_argument("--scheduler", metavar="ADDRESS",
                    help="the dask scheduler or Ray cluster (default: a local one)")
+    t.add_argument("--max-memory", type=_bytes, metavar="SIZE",
+                   help="fit logreg, ridge or knn reading the store by blocks within SIZE (e.g. 2G, 512M); "
+                        "by default a store larger than a quarter of the free memory is")
 
 
 def _predict(sub) -> None:

@@ -16,9 +16,10 @@ from .linear import C_GRID, LinearSVMHead, LogRegHead, RidgeHead, _RowSpan
 from .logreg import TorchLogisticRegression
 from .neighbours import KNNHead, NearestCentroidHead, _CosineCentroids
 from .nonlinear import HGBHead, MLPHead
+from .streaming_knn import StreamingCosineKNN
 
 for _cls in (SweptHead, LogRegHead, LinearSVMHead, RidgeHead, KNNHead, NearestCentroidHead, MLPHead, HGBHead,
-             _RowSpan, _CosineCentroids, TorchLogisticRegression, CosineKNN):
+             _RowSpan, _CosineCentroids, TorchLogisticRegression, CosineKNN, StreamingCosineKNN):
     _cls.__module__ = __name__
 del _cls
 

@@ -97,7 +97,7 @@ LEGACY_MODULES = {"featx.logreg": "featx.heads", "featx.knn": "featx.heads"}
 SKOPS_TRUSTED = {
     *(f"featx.heads.{name}" for name in (
         "LogRegHead", "LinearSVMHead", "RidgeHead", "KNNHead", "NearestCentroidHead", "MLPHead", "HGBHead",
-        "_RowSpan", "_CosineCentroids", "TorchLogisticRegression", "CosineKNN")),
+        "_RowSpan", "_CosineCentroids", "TorchLogisticRegression", "CosineKNN", "StreamingCosineKNN")),
     "featx.logreg.TorchLogisticRegression", "featx.knn.CosineKNN",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",

@@ -45,19 +45,25 @@ class TorchLogisticRegression(LogisticRegression):
             raise ValueError("TorchLogisticRegression does not take sample weights")
         X, y = validate_data(self, X, y, dtype=[np.float64, np.float32])
         check_classification_targets(y)
-        self.classes_, y_idx = np.unique(y, return_inverse=True)
+        classes, y_idx = np.unique(y, return_inverse=True)
+        dev = resolve_device(self.device)
+        return self.fit_basis(self._basis(X, dev), torch.as_tensor(y_idx, device=dev), classes)
+
+    def fit_basis(self, basis, y, classes: np.ndarray):
+        """Fit on rows given as a basis: :class:`_Basis` (rows in memory), or one that
+        streams its rows by blocks (:mod:`featx.heads.streaming_linear`); ``y`` indexes
+        ``classes`` row by row, in the form the basis reads (its ``targets``)."""
+        self.classes_ = classes
         k = len(self.classes_)
         if k < 2:
             raise ValueError(f"needs samples of at least 2 classes; y has only {k} class")
-        dev = resolve_device(self.device)
-        basis = self._basis(X, dev)
         cols = 1 if k == 2 else k  # two classes: scikit-learn's binomial model, one column
         start = None
         previous = getattr(self, "coef_", None)
-        if self.warm_start and previous is not None and previous.shape == (cols, X.shape[1]):
+        if self.warm_start and previous is not None and previous.shape == (cols, basis.d):
             start = (self.coef_, self.intercept_)
-        W, b, self.n_iter_ = _solve(basis, torch.as_tensor(y_idx, device=dev), cols, float(self.C),
-                                    tol=self.tol, max_iter=self.max_iter, start=start)
+        W, b, self.n_iter_ = _solve(basis, y, cols, float(self.C), tol=self.tol, max_iter=self.max_iter,
+                                    start=start)
         self.coef_, self.intercept_ = W.T, b
         return self
 
@@ -76,10 +82,16 @@ class TorchLogisticRegression(LogisticRegression):
 
 
 class _Basis:
-    """Training rows centred and rotated onto their principal axes, in float32 on ``dev``."""
+    """Training rows centred and rotated onto their principal axes, in float32 on ``dev``.
+
+    What :func:`_solve` reads of a basis: ``n``, ``d``, ``dev``, ``mean`` (the rows'
+    mean), ``var`` and ``axes`` (eigenvalues and eigenvectors of their covariance, all
+    float64), ``targets(y, cols)`` and ``cross_entropy(W, b, targets, cols)``.
+    """
 
     def __init__(self, X: np.ndarray, dev: torch.device):
         self.shape, self.dev = X.shape, dev
+        self.n, self.d = X.shape
         self.fingerprint = _fingerprint(X)
         Xt = torch.as_tensor(X, device=dev, dtype=torch.float32)
         self.mean = Xt.double().mean(0)
@@ -92,22 +104,44 @@ class _Basis:
     def matches(self, X: np.ndarray, dev: torch.device) -> bool:
         return X.shape == self.shape and dev == self.dev and _fingerprint(X) == self.fingerprint
 
+    def targets(self, y: torch.Tensor, cols: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return y, torch.nn.functional.one_hot(y, max(cols, 2)).float()
+
+    def cross_entropy(self, W: torch.Tensor, b: torch.Tensor, targets, cols: int):
+        """The mean cross-entropy (float64) of the rows with weights ``W`` (d, cols) and
+        intercepts ``b`` in the rotated basis, and its gradient in ``W`` and ``b``."""
+        y, one_hot = targets
+        ce, G = residuals(self.Z @ W + b, y, one_hot, cols, self.n)
+        return ce.mean(), (G.T @ self.Z).T, G.sum(0)  # G.T @ Z: faster than Z.T @ G for a tall Z
+
+
+def residuals(logits: torch.Tensor, y: torch.Tensor, one_hot: torch.Tensor, cols: int, n: int):
+    """Per-row cross-entropy (float64) of ``logits`` (rows, cols) against class indices
+    ``y``, and the residuals ``(softmax - one_hot) / n`` whose products with the rows give
+    the gradient of the mean over ``n`` rows; one column: scikit-learn's binomial model."""
+    if cols == 1:
+        logits = torch.cat([torch.zeros_like(logits), logits], 1)
+    lse = torch.logsumexp(logits, 1, keepdim=True)
+    ce = (lse - logits.gather(1, y[:, None])).double()
+    G = (torch.exp(logits - lse) - one_hot) / n
+    return ce, (G[:, 1:] if cols == 1 else G)
+
 
 def _fingerprint(X: np.ndarray) -> tuple:
     # cheap identity for "the same rows as last time" within a sweep
     return (X.ctypes.data, float(np.asarray(X[:: max(1, len(X) // 64)], dtype=np.float64).sum()))
 
 
-def _solve(basis: _Basis, y: torch.Tensor, cols: int, C: float, *, tol: float, max_iter: int, start):
-    n, d = basis.Z.shape
-    dev = basis.Z.device
+def _solve(basis: _Basis, y, cols: int, C: float, *, tol: float, max_iter: int, start):
+    n, d = basis.n, basis.d
+    dev = basis.dev
     lam = 1.0 / (C * n)  # scikit-learn's l2_reg_strength for the mean loss
     # Curvature of the mean cross-entropy along axis j is about (1/k) * var_j; the scale
     # makes every coordinate's curvature near 1 (preconditioning by a change of variables).
     curv = 1.0 / max(cols, 2)
     scale = (1.0 / torch.sqrt(curv * basis.var + lam)).float()  # (d,)
     bscale = float(1.0 / np.sqrt(curv))
-    one_hot = torch.nn.functional.one_hot(y, max(cols, 2)).float()
+    targets = basis.targets(y, cols)
 
     def unpack(theta):
         t = torch.as_tensor(theta, device=dev, dtype=torch.float32)
@@ -116,16 +150,9 @@ def _solve(basis: _Basis, y: torch.Tensor, cols: int, C: float, *, tol: float, m
     def objective(theta):
         u, c = unpack(theta)
         W, b = scale[:, None] * u, bscale * c  # the weights in the rotated basis
-        logits = basis.Z @ W + b
-        if cols == 1:
-            logits = torch.cat([torch.zeros_like(logits), logits], 1)
-        lse = torch.logsumexp(logits, 1, keepdim=True)
-        loss = (lse - logits.gather(1, y[:, None])).double().mean() + 0.5 * lam * (W.double() ** 2).sum()
-        G = (torch.exp(logits - lse) - one_hot) / n
-        if cols == 1:
-            G = G[:, 1:]
-        gW = (G.T @ basis.Z).T + lam * W  # faster than Z.T @ G for a tall Z
-        gb = G.sum(0)
+        loss, gW, gb = basis.cross_entropy(W, b, targets, cols)
+        loss = loss + 0.5 * lam * (W.double() ** 2).sum()
+        gW = gW + lam * W
         # scikit-learn's stopping rule looks at the gradient in the features' own axes
         g_orig = basis.axes @ gW.double() + basis.mean[:, None] * gb.double()[None, :]
         last["theta"], last["gmax"] = theta.copy(), float(max(g_orig.abs().max(), gb.abs().max()))

@@ -14,6 +14,7 @@ from ..core.errors import FeatxError
 from ..core.files import atomic_path
 from ..extraction import extract
 from .bundle import Bundle
+from .fitting import attach_training_rows
 
 
 @dataclass
@@ -69,6 +70,7 @@ def predict(b: Bundle, data, cache_dir: str | os.PathLike = "cache", *, weights:
     names = b.classes
     proba = np.zeros((len(X), len(names)), np.float64)
     if len(X):
+        attach_training_rows(b)  # a knn trained out of core reads its training store
         proba[:, b.model.classes_] = b.model.predict_proba(X)
     return Predictions(
         keys=list(keys), labels=[names[k] for k in proba.argmax(axis=1)], proba=proba, classes=names,

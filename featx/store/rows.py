@@ -62,6 +62,14 @@ class Stacked:
         self.parts = parts
         self.offsets = np.cumsum([0] + [p.shape[0] for p in parts])
         self.shape = (int(self.offsets[-1]), parts[0].shape[1])
+        self.dtype = np.dtype(np.float32)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __getitem__(self, index):
+        rows = np.arange(self.shape[0])[index]
+        return self.take(np.atleast_1d(rows)) if np.ndim(rows) else self.take(rows[None])[0]
 
     def take(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.shape[1]), np.float32)

@@ -5,6 +5,8 @@ argument errors answer at once), :mod:`.commands` runs each command through the
 library's public functions (:mod:`featx.api`), :mod:`.stores` is ``featx cache``, and
 :mod:`.display` shows the library's log records and progress. A library error that
 names a parameter (``device='tpu': ...``) is shown as its flag (``--device tpu: ...``).
+An extraction stopped by SIGTERM or Ctrl-C says what it kept and exits with 128 + the
+signal's number (143, 130), as a process that signal ended would.
 """
 from __future__ import annotations
 
@@ -13,7 +15,7 @@ import io
 import logging
 import sys
 
-from ..core.errors import FeatxError, ParameterError
+from ..core.errors import FeatxError, Interrupted, ParameterError
 from .parser import parser
 
 UNDER_TORCHRUN = ("extract", "run", "finetune")
@@ -46,9 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     except FeatxError as exc:
         print(f"featx: error: {exc.as_flag() if isinstance(exc, ParameterError) else exc}", file=sys.stderr)
         return 1
+    except Interrupted as exc:  # what the extraction kept (featx.core.signals)
+        print(f"featx: {exc}", file=sys.stderr)
+        return 128 + exc.signum
     except KeyboardInterrupt:
-        print("featx: interrupted; committed batches are kept and the next run resumes from them",
-              file=sys.stderr)
+        print("featx: interrupted", file=sys.stderr)
         return 130
 
 

@@ -3,7 +3,8 @@
 :func:`extract` checks its settings into a :class:`~.plan.Plan`, takes the store with a
 :class:`~.writer.StoreWriter` (lock, journal, the rows already embedded), embeds what is
 still to do (:mod:`.embed`), and writes the store block by block from the old store,
-the journal and this run's commits.
+the journal and this run's commits. SIGTERM or Ctrl-C stops it with
+:class:`~featx.core.errors.Interrupted` once the batches already embedded are committed.
 """
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ import os
 import time
 
 from ..backbones import Backbone
-from ..core import distributed
-from ..core.errors import FeatxError, WriteError
+from ..core import distributed, signals
+from ..core.errors import FeatxError, Interrupted, WriteError
 from ..data.sources import Source
 from .embed import embed
 from .plan import make_plan, shard
@@ -22,6 +23,7 @@ from .writer import ExtractResult, StoreWriter
 log = logging.getLogger(__name__)
 
 
+@signals.stopping()  # SIGTERM and SIGINT raise Interrupted while it runs (see featx.core.signals)
 def extract(
     data: str | os.PathLike | Source,
     backbone: str | Backbone,
@@ -82,6 +84,12 @@ def extract(
         ``fail`` stops at the first one (:class:`~featx.core.errors.SourceError` naming it),
         after committing the batches embedded before it.
 
+    SIGTERM (a cluster preempting the job) or SIGINT (Ctrl-C) stops the run with
+    :class:`~featx.core.errors.Interrupted` (a ``KeyboardInterrupt``) once the batches
+    already embedded are committed; its message says how many images of this run are kept
+    for the next one. featx handles these signals only during the call, in the main thread,
+    and only where their handlers are Python's defaults.
+
     Returns
     -------
     ExtractResult
@@ -100,16 +108,27 @@ def extract(
         start = time.perf_counter()
         error, parts = None, []
         try:
-            parts = embed(plan, todo, writer.commit)
-        except WriteError as exc:
-            error = WriteError(f"{exc}; the batches committed before it are kept in {writer.journal.dir} "
-                               "and the next run resumes from them")
-        except FeatxError as exc:
-            error = exc
-        error = distributed.all_ok(error)
-        if error is not None:
-            raise error
-        return _reported(writer.finish(parts, time.perf_counter() - start))
+            try:
+                embed(plan, todo, writer.commit, parts)
+            except WriteError as exc:
+                error = WriteError(f"{exc}; the batches committed before it are kept in {writer.folder} "
+                                   "and the next run resumes from them")
+            except FeatxError as exc:
+                error = exc
+            error = distributed.all_ok(error)  # not on Interrupted: each process stops at once
+            if error is not None:
+                raise error
+            return _reported(writer.finish(parts, time.perf_counter() - start))
+        except Interrupted as exc:
+            _kept(exc, writer, parts)
+            raise
+
+
+def _kept(exc: Interrupted, writer: StoreWriter, parts: list) -> None:
+    """Say in ``exc`` what this process keeps of its run (``parts``, all committed), and where."""
+    exc.count(parts)
+    w = writer.world
+    exc.kept_in, exc.process = writer.folder, f" (process {w.rank} of {w.size})" if w.size > 1 else ""
 
 
 def _reported(result: ExtractResult) -> ExtractResult:

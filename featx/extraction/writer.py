@@ -122,8 +122,9 @@ class StoreWriter:
         return todo
 
     def _scan(self) -> Scan:
-        return Scan(self.plan.path, self.snap, self.listing, self.plan.source.classes,
-                    self.plan.source.accumulates)
+        source = self.plan.source
+        return Scan(self.plan.path, self.snap, self.listing, source.classes, source.accumulates,
+                    source.problems)
 
     def commit(self, rows: Rows) -> Rows:
         """Commit embedded rows as a shard file no manifest names yet; a killed run's

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.sources.listing import Listing
+from ..data.sources.listing import Listing, encode
 from . import shards, view
 from .snapshot import Snapshot
 
@@ -38,8 +38,11 @@ class Scan:
     """The listing matched against a store's entries (see the module docstring)."""
 
     def __init__(self, path: Path, snap: Snapshot | None, listing: Listing, classes: list[str],
-                 accumulates: bool = False):
+                 accumulates: bool = False, problems=()):
         self.path, self.snap, self.listing, self.accumulates = path, snap, listing, accumulates
+        # an accumulating store keeps the rows of files it does not list, except those
+        # listed as problems now (a file that is gone)
+        self.gone = np.sort(encode([k for k, _ in problems])) if accumulates else np.zeros(0, "S1")
         self.live = [shards.folder(path) / p.name for p in snap.shards] if snap else []
         self.files = self.live + pending_files(path, snap)
         n = len(listing)
@@ -96,8 +99,7 @@ class Scan:
         kept = self._take(i, pos, entries, kind, live & exact)
         self._take(i, pos, entries, STALE, live & hit & ~exact)
         if i < len(self.live):  # a live row stays only as the listed image's entry, unchanged
-            unlisted = ~hit if not self.accumulates else np.zeros(len(hit), bool)
-            self._bury(i, entries[live & ~(kept & same_label) & (hit | unlisted)])
+            self._bury(i, entries[live & ~(kept & same_label) & (hit | self._unlisted(e.keys, hit))])
 
     def _skipped(self, i: int, e: shards.Entries, live: np.ndarray) -> None:
         pos, hit, exact = self._match(e.skipped_keys, e.skipped_stamps)
@@ -109,9 +111,14 @@ class Scan:
         failed = live & hit & ~final
         self._take(i, pos, entries, TRANSIENT, failed)
         if i < len(self.live):
-            unlisted = ~hit if not self.accumulates else np.zeros(len(hit), bool)
-            self._bury(i, entries[live & ~kept & ~failed & (hit | unlisted)])
+            self._bury(i, entries[live & ~kept & ~failed & (hit | self._unlisted(e.skipped_keys, hit))])
             self._transient.append((i, pos[failed], entries[failed]))
+
+    def _unlisted(self, keys: np.ndarray, hit: np.ndarray) -> np.ndarray:
+        """Entries that are no longer wanted because their key is not listed."""
+        if not self.accumulates:
+            return ~hit
+        return np.isin(keys, self.gone) if len(self.gone) else np.zeros(len(keys), bool)
 
     def _bury(self, i: int, entries: np.ndarray) -> None:
         if len(entries):

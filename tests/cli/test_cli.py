@@ -88,9 +88,10 @@ def test_cache_commands(tmp_path, capsys, lite0_small):
     assert capsys.readouterr().out.startswith("ok")
 
     # Flip one bit inside the feature data: verify must notice.
-    with h5py.File(path, "r") as f:
+    shard = next(path.with_name(path.name + ".d").glob("*.h5"))  # the store's one shard
+    with h5py.File(shard, "r") as f:
         offset = f["features/embedding"].id.get_offset()
-    with open(path, "r+b") as fh:
+    with open(shard, "r+b") as fh:
         fh.seek(offset + 100)
         byte = fh.read(1)[0]
         fh.seek(offset + 100)

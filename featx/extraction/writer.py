@@ -31,7 +31,7 @@ from ..core.version import __version__
 from ..data.sources.listing import Listing, decode, text
 from ..store import Journal, Rows, shards, snapshot
 from ..store.snapshot import Part, Snapshot
-from ..store.update import RESTAMP, SKIPPED, STALE, TRANSIENT, Scan, pending_files, remove_unnamed
+from ..store.update import RESTAMP, SKIPPED, TRANSIENT, Scan, pending_files, remove_unnamed
 from .plan import Plan
 
 
@@ -108,7 +108,7 @@ class StoreWriter:
         self.snap = self._snapshot()
         if self.snap:
             self._check(self.snap.provenance)
-        scan = self._scan()
+        scan = self.scan = self._scan()
         stale = scan.stale()
         if len(stale):
             same = [_same_bytes(plan.source, self.listing[int(p)], sha)
@@ -159,8 +159,8 @@ class StoreWriter:
     def _write(self, embedded: int, seconds: float) -> ExtractResult:
         plan = self.plan
         distributed.barrier()  # every commit is on disk
-        scan = self._scan()
-        scan.kind[self.restamped[scan.kind[self.restamped] == STALE]] = RESTAMP
+        scan = self.scan
+        scan.add_commits()  # the store and earlier commits were scanned by todo()
         copies = scan.copies()
         transient = int(np.sum(scan.kind == TRANSIENT))
         # An accumulating store matches no single listing; one with files that could not

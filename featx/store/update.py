@@ -44,17 +44,28 @@ class Scan:
         # listed as problems now (a file that is gone)
         self.gone = np.sort(encode([k for k, _ in problems])) if accumulates else np.zeros(0, "S1")
         self.live = [shards.folder(path) / p.name for p in snap.shards] if snap else []
-        self.files = self.live + pending_files(path, snap)
+        self.files: list[Path] = []
         n = len(listing)
         self.file = np.full(n, -1, np.int32)
         self.entry = np.zeros(n, np.int32)
         self.kind = np.zeros(n, np.int8)
         self.dead: dict[int, list[np.ndarray]] = {}  # live shard -> entries to tombstone
         self.index = {c: i for i, c in enumerate(classes)}
-        dead = view.dead_entries(path, snap) if snap else {}
-        self.rows_in = [0] * len(self.files)  # rows of each file (its skipped files follow)
+        self.rows_in: list[int] = []  # rows of each file (its skipped files follow)
         self._transient: list[tuple[int, np.ndarray, np.ndarray]] = []
-        for i, f in enumerate(self.files):
+        self._add(self.live, view.dead_entries(path, snap) if snap else {})
+        self.add_commits()
+
+    def add_commits(self) -> None:
+        """Match the commits written since the scan (this run's): only they are read."""
+        seen = set(self.files)
+        self._add([f for f in pending_files(self.path, self.snap) if f not in seen], {})
+
+    def _add(self, files: list[Path], dead: dict[str, np.ndarray]) -> None:
+        for f in files:
+            i = len(self.files)
+            self.files.append(f)
+            self.rows_in.append(0)
             try:
                 e = shards.read_entries(f)
             except Exception:  # an unreadable uncommitted file is recomputed, not trusted

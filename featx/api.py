@@ -48,8 +48,25 @@ def load(store: str | os.PathLike, layer: str = DEFAULT_LAYER, *, rows=None, laz
 
 def iter_batches(store: str | os.PathLike, rows_per_batch: int, layer: str = DEFAULT_LAYER, *,
                  cache_dir: str | os.PathLike = "cache"):
-    """A store's rows in order, as :class:`featx.store.Features` of at most
-    ``rows_per_batch`` rows each: a store larger than memory, read a batch at a time."""
+    """A store's rows in order, a batch at a time: a store larger than memory, read in
+    bounded memory.
+
+    Parameters
+    ----------
+    store : path or str
+        The store's path, or its name (or a unique start of it) in ``cache_dir``.
+    rows_per_batch : int
+        Rows in each batch (the last may hold fewer).
+    layer : str
+        Which features (default ``"embedding"``).
+    cache_dir : path
+        The cache folder in which a store given by name is looked for.
+
+    Returns
+    -------
+    iterator of featx.store.Features
+        Each with ``X``, ``y`` and ``keys`` of its rows, and the store's ``classes``.
+    """
     from .store import iter_batches as batches
     from .store import resolve
 

@@ -173,7 +173,8 @@ def read(path: str | os.PathLike, lazy: bool = False) -> StoreContents:
     rows are taken."""
     with _open(path) as f:
         if f.attrs["format"] == 3:
-            return _contents(view.open_view(Path(path), snapshot.read(Path(path), f)), lazy)
+            return view.consistent(Path(path), f,
+                                   lambda snap: _contents(view.open_view(Path(path), snap), lazy))
         feats = {name: (_StoreFeatures(Path(path), name, f["features"][name].shape) if lazy
                         else f["features"][name][()]) for name in f["features"]}
         rows = Rows(
@@ -211,29 +212,33 @@ def load(path: str | os.PathLike, layer: str = DEFAULT_LAYER, *, rows=None, lazy
     boolean mask) reads only those rows; with ``lazy``, ``X`` stays on disk: an array-like
     with ``shape`` whose slices (``X[a:b]``) and ``take(rows)`` read just those rows."""
     with _open(path) as f:
-        if f.attrs["format"] == 3:
-            v = view.open_view(Path(path), snapshot.read(Path(path), f))
-            dims, y, keys, classes, prov = v.snap.dims, v.labels, v.keys, v.snap.classes, v.snap.provenance
-            X = v.features(layer) if layer in dims else None
-        else:
-            dims = {n: f["features"][n].shape[1] for n in f["features"]}
-            y, keys = f["labels"][()], f["keys"][()]
-            classes, prov = _decode(f["classes"][()]).tolist(), json.loads(f.attrs["provenance"])
-            X = _StoreFeatures(Path(path), layer, f["features"][layer].shape) if layer in dims else None
-    if X is None:
-        raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(dims)})")
-    sel = np.arange(len(y))
+        if f.attrs["format"] == 3:  # read within one snapshot (a writer may replace it meanwhile)
+            return view.consistent(Path(path), f, lambda snap: _select(view.open_view(Path(path), snap), path,
+                                                                        layer, rows, lazy))
+        dims = {n: f["features"][n].shape[1] for n in f["features"]}
+        shape = f["features"][layer].shape if layer in dims else None
+        v = view.View(Path(path), snapshot.Snapshot(classes=_decode(f["classes"][()]).tolist(),
+                                                     provenance=json.loads(f.attrs["provenance"]), dims=dims),
+                      [], f["keys"][()], f["stamps"][:0], f["labels"][()], None, None, None, None, None)
+    return _select(v, path, layer, rows, lazy, _StoreFeatures(Path(path), layer, shape) if shape else None)
+
+
+def _select(v: view.View, path, layer: str, rows, lazy: bool, X=None) -> Features:
+    """The rows ``rows`` of a store's layer, read now or (``lazy``) when taken."""
+    if layer not in v.snap.dims:
+        raise StoreError(f"{path}: no layer {layer!r} (has {', '.join(v.snap.dims)})")
+    X = v.features(layer) if X is None else X
+    sel = np.arange(len(v.labels))
     if rows is not None:
         sel = sel[rows]
         if not isinstance(rows, slice):
             sel = np.asarray(sel, np.int64).reshape(-1)
-    if rows is not None and not lazy:
+    if not lazy:
         X = X.take(sel)
     elif rows is not None:
         X = Taken(X, sel)
-    elif not lazy:
-        X = X.take(sel)
-    return Features(X, y[sel], _decode(keys[sel]), classes, prov, layer, Path(path))
+    return Features(X, v.labels[sel], _decode(v.keys[sel]), v.snap.classes, v.snap.provenance, layer,
+                    Path(path))
 
 
 def iter_batches(path: str | os.PathLike, rows_per_batch: int, layer: str = DEFAULT_LAYER):
@@ -259,7 +264,7 @@ def info(path: str | os.PathLike) -> dict:
     """Provenance, sizes and the skipped files of a store, without loading features."""
     with _open(path) as f:
         if f.attrs["format"] == 3:
-            return _info3(Path(path), snapshot.read(Path(path), f))
+            return view.consistent(Path(path), f, lambda snap: _info3(Path(path), snap))
         return {
             "path": str(path),
             "rows": int(f["keys"].shape[0]),
@@ -282,7 +287,7 @@ def verify(path: str | os.PathLike) -> list[str]:
     try:
         with _open(path) as f:
             if f.attrs["format"] == 3:
-                return _verify3(Path(path), snapshot.read(Path(path), f))
+                return view.consistent(Path(path), f, lambda snap: _verify3(Path(path), snap))
             strict = f.attrs["format"] >= 2
             if strict and f.attrs.get("sha256") != _attrs_digest(f.attrs["provenance"], f.attrs["manifest"]):
                 problems.append("provenance or manifest does not match its recorded checksum")
@@ -350,16 +355,17 @@ def _contents(v: view.View, lazy: bool) -> StoreContents:
 
 
 def _info3(path: Path, snap: snapshot.Snapshot) -> dict:
-    v = view.open_view(path, snap)
+    """From the manifest, and the shards' skipped files only: nothing in proportion to the rows."""
+    keys, reasons = view.live_skipped(path, snap)
     where = shards.folder(path)
     size = path.stat().st_size + sum((where / p.name).stat().st_size for p in snap.shards + snap.dead)
     return {
         "path": str(path),
-        "rows": len(v.keys),
+        "rows": snap.rows,
         "classes": snap.classes,
-        "features": {n: [len(v.keys), d] for n, d in snap.dims.items()},
+        "features": {n: [snap.rows, d] for n, d in snap.dims.items()},
         "skipped": [{"key": printable(k), "reason": r}
-                    for k, r in zip(_decode(v.skipped_keys).tolist(), v.skipped_reasons.tolist())],
+                    for k, r in zip(_decode(keys).tolist(), reasons.tolist())],
         "provenance": snap.provenance,
         "bytes": size,
         "shards": len(snap.shards),
@@ -370,6 +376,8 @@ def _info3(path: Path, snap: snapshot.Snapshot) -> dict:
 def _verify3(path: Path, snap: snapshot.Snapshot) -> list[str]:
     where, problems = shards.folder(path), []
     for part in snap.shards + snap.dead:
+        if not (where / part.name).is_file():  # a writer may have just replaced the manifest
+            raise StoreError(f"{path}: {part.name} named by the manifest is missing")
         problems += shards.verify(where / part.name, part.digest)
     if not problems:
         v = view.open_view(path, snap)

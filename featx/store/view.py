@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..core.errors import StoreError
 from ..data.sources.listing import joined
 from . import shards, snapshot
 from .snapshot import Snapshot
@@ -42,6 +43,24 @@ class View:
             order = np.argsort(self.local[sel])
             out[sel[order]] = shards.read_column(path, "sha256", self.local[sel][order])
         return out
+
+
+def consistent(path: Path, f, read):
+    """``read(snapshot)`` of the manifest open as ``f``; when a writer replaced the
+    manifest meanwhile and removed a shard it named, again with the new one."""
+    snap = snapshot.read(path, f)
+    for _ in range(10):
+        try:
+            return read(snap)
+        except (StoreError, OSError):
+            try:
+                newer = snapshot.read(path)
+            except StoreError:
+                raise
+            if newer == snap:
+                raise
+            snap = newer
+    return read(snap)
 
 
 def dead_entries(path: Path, snap: Snapshot) -> dict[str, np.ndarray]:
@@ -81,11 +100,36 @@ def open_view(path: Path, snap: Snapshot | None = None) -> View:
     def cat(name, dtype):
         return np.concatenate(parts[name]) if parts[name] else np.zeros(0, dtype)
 
-    problems = np.array(snap.problems, dtype=str).reshape(-1, 2)
-    sk = np.concatenate([joined(parts["sk"]), np.char.encode(problems[:, 0], "utf-8", "surrogateescape")
-                         if len(problems) else np.zeros(0, "S1")])
-    ss = np.concatenate([joined(parts["ss"]), np.zeros(len(problems), "S1")])
-    sr = np.concatenate([cat("sr", str).astype(str), problems[:, 1]])
+    problem_keys, problem_reasons = _problems(snap)
+    sk = joined(parts["sk"] + [problem_keys])
+    ss = np.concatenate([joined(parts["ss"]), np.zeros(len(problem_keys), "S1")])
+    sr = np.concatenate([cat("sr", str).astype(str), problem_reasons])
     return View(path, snap, [where / p.name for p in snap.shards], keys[order],
                 joined(parts["stamps"])[order], cat("labels", np.int64)[order],
                 cat("shard", np.int32)[order], cat("local", np.int32)[order], sk, ss, sr)
+
+
+def live_skipped(path: Path, snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+    """(keys as bytes, reasons) of the store's skipped files, problems included, read
+    without its rows: what ``featx cache info`` lists."""
+    where, dead = shards.folder(path), dead_entries(path, snap)
+    keys, reasons = [], []
+    for part in snap.shards:
+        if not part.skipped:
+            continue
+        k = shards.read_column(where / part.name, "skipped/keys", np.arange(part.skipped))
+        r = shards.read_column(where / part.name, "skipped/reasons", np.arange(part.skipped))
+        live = np.ones(part.skipped, bool)
+        gone = dead.get(part.name, np.zeros(0, np.int64)) - part.rows
+        live[gone[gone >= 0]] = False
+        keys.append(k[live])
+        reasons.append(r[live].astype(str) if r.dtype.kind != "S" else np.char.decode(r[live], "utf-8"))
+    problem_keys, problem_reasons = _problems(snap)
+    return joined(keys + [problem_keys]), np.concatenate(reasons + [problem_reasons])
+
+
+def _problems(snap: Snapshot) -> tuple[np.ndarray, np.ndarray]:
+    """The listing's problems: keys as bytes, reasons."""
+    problems = np.array(snap.problems, dtype=str).reshape(-1, 2)
+    keys = np.char.encode(problems[:, 0], "utf-8", "surrogateescape") if len(problems) else np.zeros(0, "S1")
+    return keys, problems[:, 1]

@@ -128,7 +128,9 @@ class StoreWriter:
 
     def commit(self, rows: Rows) -> Rows:
         """Commit embedded rows as a shard file no manifest names yet; a killed run's
-        commits are used by the next run."""
+        commits are used by the next run. Returns what the caller keeps of them: their
+        count (one placeholder byte per row) and their skipped files; their data are
+        in the file, so a run's memory does not grow with what it embeds."""
         self.folder.mkdir(parents=True, exist_ok=True)
         n = len(rows)
         entries = shards.Entries(_enc(rows.keys), _enc(rows.stamps), np.full(n, -1, np.int32), [],
@@ -137,7 +139,9 @@ class StoreWriter:
         prefix = shards.rank_prefix(self.world.rank) if self.world.size > 1 else ""
         shards.write(self.folder / shards.new_name(prefix=prefix), entries, rows.features, rows.sha256,
                      in_memory=True)
-        return rows
+        none = np.zeros(0, "S1")
+        return Rows(np.zeros(n, "S1"), none, none, {}, rows.skipped_keys, rows.skipped_stamps,
+                    rows.skipped_reasons)
 
     def finish(self, new_parts: list[Rows], seconds: float) -> ExtractResult:
         """Write what changed into new shards, tombstones and a new manifest."""

@@ -275,7 +275,8 @@ def _write_shard(scan: Scan, positions: np.ndarray, plan: Plan) -> Part:
                              reasons.astype(str), dict(plan.backbone.dims))
     feats = {n: shards.ShardFeatures(scan.files, n, scan.file[rows], scan.entry[rows], d)
              for n, d in plan.backbone.dims.items() if n in plan.layers}
-    name = shards.new_name()
+    w = distributed.world()
+    name = shards.new_name(prefix=shards.rank_prefix(w.rank) if w.size > 1 else "")  # who wrote it
     digest = shards.write(shards.folder(scan.path) / name, entries, feats, scan.sha256(rows))
     return Part(name, len(rows), len(skipped), digest)
 

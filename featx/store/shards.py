@@ -28,7 +28,9 @@ from ..core.files import atomic_path
 from ..data.sources.listing import decode, encode
 from .rows import WRITE_BLOCK, take
 
-SHARD_ROWS = 1 << 17  # rows per shard written by an extraction (~650 MB of 1,280 float32)
+# rows per shard written by an extraction (~650 MB of 1,280 float32); FEATX_SHARD_ROWS
+# sets another size (smaller shards: more files, finer compaction and parallel writing)
+SHARD_ROWS = int(os.environ.get("FEATX_SHARD_ROWS", 1 << 17))
 DEAD = ".dead.h5"
 
 

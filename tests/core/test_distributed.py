@@ -59,8 +59,9 @@ def single(tmp_path_factory, hymenoptera):
     return tmp, args, out.splitlines()[-1]
 
 
-def test_two_processes_write_the_single_process_store(single):
+def test_two_processes_write_the_single_process_store(single, monkeypatch):
     tmp, args, reference = single
+    monkeypatch.setenv("FEATX_SHARD_ROWS", "40")  # 4 new shards: 2 written by each process
     proc = torchrun(2, [*args, "--cache", str(tmp / "two")], tmp)
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -69,6 +70,8 @@ def test_two_processes_write_the_single_process_store(single):
     assert "153 images in the store: 153 embedded" in err
     store_equal(lines[-1], reference)
     assert store.verify(lines[-1]) == []
+    written = sorted(p.name.split("-")[0] for p in store.snapshot.read(Path(lines[-1])).shards)
+    assert written == ["rank000", "rank000", "rank001", "rank001"]
 
 
 @pytest.mark.parametrize("interrupted", [False, True])

@@ -12,8 +12,6 @@ manifest. The store then reads the same as one process's.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -31,7 +29,9 @@ from ..core.version import __version__
 from ..data.sources.listing import Listing, decode, text
 from ..store import Journal, Rows, shards, snapshot
 from ..store.snapshot import Part, Snapshot
-from ..store.update import RESTAMP, SKIPPED, TRANSIENT, Scan, pending_files, remove_unnamed
+from ..store.update import NONE, RESTAMP, SKIPPED, STALE, TRANSIENT, Scan, pending_files, remove_unnamed
+from .convert import commit_entries
+from .convert import convert_earlier as _convert
 from .plan import Plan
 
 
@@ -61,7 +61,6 @@ class StoreWriter:
         self.folder = shards.folder(plan.path)
         self.snap: Snapshot | None = None
         self.listing = _in_key_order(plan.source.items)
-        self.restamped = np.zeros(0, np.int64)  # listed positions whose touched file is unchanged
         self._stack = ExitStack()
 
     def __enter__(self) -> StoreWriter:
@@ -102,24 +101,33 @@ class StoreWriter:
     def todo(self) -> Listing:
         """Scan what is already embedded; returns the items still to embed, in key order."""
         plan = self.plan
+        problem = None
         if self.world.is_main:
-            _convert(plan.path, self.folder)
-        distributed.barrier()
+            try:
+                _convert(plan.path, self.folder)
+            except Exception as exc:  # every process stops, none waits at the next collective
+                problem = exc
+        problem = distributed.all_ok(problem) if self.world.size > 1 else problem
+        if problem is not None:
+            raise problem
         self.snap = self._snapshot()
         if self.snap:
             self._check(self.snap.provenance)
         scan = self.scan = self._scan()
-        stale = scan.stale()
-        if len(stale):
+        stale, restamped = scan.stale(), None
+        if len(stale) and self.world.is_main:  # hashed once; every process takes the answer
             same = [_same_bytes(plan.source, self.listing[int(p)], sha)
                     for p, sha in zip(stale, scan.sha256(stale))]
-            self.restamped = stale[np.asarray(same, bool)]
-            scan.kind[self.restamped] = RESTAMP
+            restamped = stale[np.asarray(same, bool)]
+        if len(stale):
+            scan.kind[distributed.broadcast(restamped)] = RESTAMP
         if plan.on_error == "fail":
             _fail_on_known(plan.source, scan)
-        todo = self.listing.take(scan.todo())
-        distributed.barrier()  # every process has scanned before any commits
-        return todo
+        positions = scan.todo()
+        if self.world.size > 1 and len(set(distributed.gather(_digest(positions)))) > 1:
+            raise StoreError(f"{plan.path}: the processes of this job read the store differently (a file "
+                             "that some could not read); nothing was changed: run the job again")
+        return self.listing.take(positions)
 
     def _scan(self) -> Scan:
         source = self.plan.source
@@ -133,9 +141,7 @@ class StoreWriter:
         in the file, so a run's memory does not grow with what it embeds."""
         self.folder.mkdir(parents=True, exist_ok=True)
         n = len(rows)
-        entries = shards.Entries(_enc(rows.keys), _enc(rows.stamps), np.full(n, -1, np.int32), [],
-                                 _enc(rows.skipped_keys), _enc(rows.skipped_stamps),
-                                 np.asarray(rows.skipped_reasons, str), {})
+        entries = commit_entries(rows)
         prefix = shards.rank_prefix(self.world.rank) if self.world.size > 1 else ""
         shards.write(self.folder / shards.new_name(prefix=prefix), entries, rows.features, rows.sha256,
                      in_memory=True)
@@ -165,18 +171,14 @@ class StoreWriter:
         distributed.barrier()  # every commit is on disk
         scan = self.scan
         scan.add_commits()  # the store and earlier commits were scanned by todo()
+        distributed.barrier()  # every process has listed the commits before new shards appear
         copies = scan.copies()
-        transient = int(np.sum(scan.kind == TRANSIENT))
         # An accumulating store matches no single listing; one with files that could not
-        # be read this time is rechecked by the next run.
-        listing_digest = "" if transient or plan.source.accumulates else plan.manifest
-        try:
-            parts = _write_copies(scan, copies, plan, self.world)
-        except WriteError as exc:
-            raise WriteError(f"{exc}; {plan.path.name} is unchanged, and the images embedded in this run "
-                             f"are kept in {self.folder} for the next run") from None
-        if self.world.size > 1:
-            parts = [p for ps in distributed.gather(parts) for p in ps]
+        # be read this time, or without an entry for every listed image, is rechecked by
+        # the next run.
+        holes = np.isin(scan.kind, (NONE, STALE, TRANSIENT)).any()
+        listing_digest = "" if holes or plan.source.accumulates else plan.manifest
+        parts = self._write_shards(scan, copies)
         if not self.world.is_main:
             return None
         old = self.snap
@@ -192,6 +194,30 @@ class StoreWriter:
                              f"are kept in {self.folder} for the next run") from None
         remove_unnamed(plan.path, snap)
         return self._result(snap, embedded, seconds)
+
+    def _write_shards(self, scan: Scan, copies: np.ndarray) -> list[Part]:
+        """Every process writes its share of the new shards, when all agree on what to
+        write (else the first writes them all); a failure anywhere stops every process."""
+        world, share = self.world, self.world
+        if world.size > 1 and len(set(distributed.gather(_digest(copies, scan)))) > 1:
+            share = distributed.World(0, 1) if world.is_main else None
+        parts, problem = [], None
+        try:
+            parts = _write_copies(scan, copies, self.plan, share) if share else []
+        except Exception as exc:
+            problem = exc
+        if world.size > 1:
+            gathered = distributed.gather((parts, None if problem is None else str(problem)))
+            parts = [p for ps, _ in gathered for p in ps]
+            other = next((m for _, m in gathered if m), None)
+            if problem is None and other:
+                problem = FeatxError(f"another process of this featx job failed: {other}")
+        if isinstance(problem, WriteError):
+            raise WriteError(f"{problem}; {self.plan.path.name} is unchanged, and the images embedded in "
+                             f"this run are kept in {self.folder} for the next run") from None
+        if problem is not None:
+            raise problem
+        return parts
 
     def _snapshot_after(self, old: Snapshot | None, scan: Scan, parts: list[Part], listing_digest: str,
                         embedded: int, seconds: float) -> Snapshot:
@@ -281,6 +307,16 @@ def _write_shard(scan: Scan, positions: np.ndarray, plan: Plan) -> Part:
     return Part(name, len(rows), len(skipped), digest)
 
 
+def _digest(positions: np.ndarray, scan: Scan | None = None) -> str:
+    """What a process plans to do, to compare with the others'."""
+    h = hashlib.sha256(np.ascontiguousarray(positions).tobytes())
+    if scan is not None:
+        for a in (scan.kind[positions], scan.entry[positions]):
+            h.update(np.ascontiguousarray(a).tobytes())
+        h.update("\n".join(scan.files[f].name for f in np.unique(scan.file[positions])).encode())
+    return h.hexdigest()
+
+
 def _live_counts(kept: list[Part], before: dict[str, np.ndarray], names: np.ndarray,
                  entries: np.ndarray) -> tuple[int, int]:
     """Live rows and skipped files of the shards kept, after the old and new tombstones."""
@@ -308,12 +344,6 @@ def _in_key_order(items) -> Listing:
     return listing if len(keys) < 2 or bool(np.all(keys[1:] >= keys[:-1])) else listing.sorted()
 
 
-def _enc(a) -> np.ndarray:
-    from ..data.sources.listing import encode
-
-    return encode(np.asarray(a)) if len(a) else np.zeros(0, "S1")
-
-
 def _same_bytes(source, item, sha: bytes) -> bool:
     try:
         return hashlib.sha256(source.read(item)).hexdigest().encode() == sha
@@ -330,45 +360,6 @@ def _fail_on_known(source, scan: Scan) -> None:
         reason = shards.read_column(scan.files[f], "skipped/reasons",
                                     np.array([scan.entry[p] - scan.rows_in[f]]))[0]
         raise SourceError(f"{source.where(text(scan.listing.keys[p]))}: {text(reason)}")
-
-
-def _convert(path: Path, folder: Path) -> None:
-    """Make a format-1 or format-2 store (one file) the first shard of a format-3 one,
-    and an interrupted earlier run's journal chunks commits; nothing is rewritten."""
-    journal = Journal(path)
-    for chunk in journal.chunks():
-        try:
-            rows = journal._lazy(chunk)
-        except Exception:
-            chunk.unlink()
-            continue
-        folder.mkdir(parents=True, exist_ok=True)
-        feats = {n: x.take(np.arange(x.shape[0])) for n, x in rows.features.items()}
-        entries = shards.Entries(_enc(rows.keys), _enc(rows.stamps), np.full(len(rows), -1, np.int32), [],
-                                 _enc(rows.skipped_keys), _enc(rows.skipped_stamps),
-                                 np.asarray(rows.skipped_reasons, str), {})
-        shards.write(folder / shards.new_name(), entries, feats, rows.sha256)
-        chunk.unlink()
-    journal.clear()
-    try:
-        with h5py.File(path, "r") as f:
-            fmt = f.attrs.get("format")
-            if fmt not in (1, 2):
-                return
-            classes = decode(f["classes"][()]).tolist()
-            rows, skipped = int(f["keys"].shape[0]), int(f["skipped/keys"].shape[0])
-            provenance = __import__("json").loads(f.attrs["provenance"])
-            dims = {n: int(f["features"][n].shape[1]) for n in f["features"]}
-    except (OSError, KeyError):
-        return
-    folder.mkdir(parents=True, exist_ok=True)
-    name = shards.new_name()
-    try:
-        os.link(path, folder / name)  # the old file itself becomes the shard
-    except OSError:
-        shutil.copy2(path, folder / name)
-    part = Part(name, rows, skipped, shards.recorded_digest(folder / name))
-    snapshot.write(path, Snapshot([part], [], classes, [], provenance, "", dims, rows, skipped))
 
 
 def _version(module: str) -> str:

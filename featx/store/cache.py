@@ -55,6 +55,6 @@ def remove(path: Path) -> None:
     """Delete a store with its journal and lock file; refused while a run is writing it."""
     with write_lock(path):
         Journal(path).clear()
+        path.unlink(missing_ok=True)  # the manifest first: never one naming missing shards
         shutil.rmtree(path.with_name(path.name + ".d"), ignore_errors=True)
-        path.unlink(missing_ok=True)
         path.with_name(path.name + ".lock").unlink(missing_ok=True)

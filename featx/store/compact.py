@@ -8,7 +8,6 @@ import numpy as np
 from . import shards, snapshot, view
 from .cache import write_lock
 from .snapshot import Part
-from .update import remove_unnamed
 
 DEAD_FRACTION = 0.25  # a shard is rewritten once this much of it is dead
 
@@ -39,7 +38,10 @@ def compact(path: Path, dead_fraction: float = DEAD_FRACTION) -> dict:
         new = snapshot.Snapshot(kept + parts, dead_parts, snap.classes, snap.problems, snap.provenance,
                                 snap.listing, snap.dims, snap.rows, snap.skipped)
         snapshot.write(path, new)
-        remove_unnamed(path, new)
+        named = {p.name for p in new.shards + new.dead}
+        for p in chosen + snap.dead:  # only what it replaced: an interrupted run's commits stay
+            if p.name not in named:
+                (where / p.name).unlink(missing_ok=True)
         freed = sum(len(dead.get(p.name, ())) for p in chosen)
         return {"rewritten": len(chosen), "written": len(parts), "freed_entries": freed}
 

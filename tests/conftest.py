@@ -23,6 +23,20 @@ def hymenoptera() -> Path:
 
 
 @pytest.fixture(scope="session")
+def hymenoptera_val(hymenoptera, tmp_path_factory):
+    """hymenoptera/val unpacked to a folder: 153 photos of ants and bees, as an
+    ImageFolderSource (what repacked copies of it are compared with)."""
+    import tarfile
+
+    from featx.data.sources import ImageFolderSource
+
+    root = tmp_path_factory.mktemp("hymenoptera")
+    with tarfile.open(hymenoptera) as tar:
+        tar.extractall(root, members=[m for m in tar if m.name.startswith("hymenoptera/val/")], filter="data")
+    return ImageFolderSource(root / "hymenoptera" / "val")
+
+
+@pytest.fixture(scope="session")
 def lite0():
     from featx.backbones import load_backbone
 

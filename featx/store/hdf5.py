@@ -50,35 +50,11 @@ def printable(name: str) -> str:
     return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
-class _StoreFeatures:
-    """A store's features, read from the file when their rows are needed."""
-
-    def __init__(self, path: Path, name: str, shape: tuple[int, int]):
-        self.path, self.name, self.shape = path, name, shape
-        self.dtype = np.dtype(np.float32)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, index):
-        if isinstance(index, slice):
-            return self.take(np.arange(*index.indices(self.shape[0])))
-        return self.take(np.asarray(index, dtype=np.int64))
-
-    def take(self, rows: np.ndarray) -> np.ndarray:
-        if not len(rows):
-            return np.zeros((0, self.shape[1]), np.float32)
-        lo, hi = int(rows.min()), int(rows.max()) + 1
-        with h5py.File(self.path, "r") as f:
-            ds = f["features"][self.name]
-            if hi - lo <= 4 * len(rows) + WRITE_BLOCK:  # one contiguous read
-                return ds[lo:hi][rows - lo]
-            order = np.argsort(rows)
-            uniq, inverse = np.unique(rows[order], return_inverse=True)
-            out = np.empty((len(rows), self.shape[1]), np.float32)
-            out[order] = ds[uniq][inverse]
-            return out
-
+def _StoreFeatures(path: Path, name: str, shape: tuple[int, int]) -> shards.ShardFeatures:
+    """A single-file store's features, read from the file when their rows are needed: the
+    file read as the one shard of its rows."""
+    n = shape[0]
+    return shards.ShardFeatures([path], name, np.zeros(n, np.int32), np.arange(n, dtype=np.int32), shape[1])
 
 
 def write_store(path: Path, rows: Rows, labels: np.ndarray, classes: list[str], provenance: dict,

@@ -12,15 +12,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import featx
-from featx.data.sources import ImageFolderSource
 
 
 @pytest.fixture(scope="module")
-def val(hymenoptera, tmp_path_factory):
-    root = tmp_path_factory.mktemp("hymenoptera")
-    with tarfile.open(hymenoptera) as tar:
-        tar.extractall(root, members=[m for m in tar if m.name.startswith("hymenoptera/val/")], filter="data")
-    folder = ImageFolderSource(root / "hymenoptera" / "val")
+def val(hymenoptera_val, tmp_path_factory):
+    root, folder = tmp_path_factory.mktemp("embedded"), hymenoptera_val
     result = featx.extract(folder, "pixels", root / "cache", workers=0, batch_size=16)
     return root, folder, featx.load(result.path)
 

@@ -4,24 +4,20 @@ way whatever the chunks."""
 from __future__ import annotations
 
 import csv
-import tarfile
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from featx.core.errors import SourceError
-from featx.data.sources import CsvSource, ImageFolderSource, ParquetSource, open_source
+from featx.data.sources import CsvSource, ParquetSource, open_source
 from support.imagegen import make_folder
 
 
 @pytest.fixture(scope="module")
-def val_folder(hymenoptera, tmp_path_factory):
-    """hymenoptera/val unpacked: the reference the manifests are compared with."""
-    root = tmp_path_factory.mktemp("hymenoptera")
-    with tarfile.open(hymenoptera) as tar:
-        tar.extractall(root, members=[m for m in tar if m.name.startswith("hymenoptera/val/")], filter="data")
-    return ImageFolderSource(root / "hymenoptera" / "val")
+def val_folder(hymenoptera_val):
+    """hymenoptera/val unpacked (tests/conftest.py): the reference compared with."""
+    return hymenoptera_val
 
 
 def write_parquet(where, **columns) -> None:

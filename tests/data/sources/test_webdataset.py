@@ -42,12 +42,9 @@ def raw_shard(path, members) -> None:
 
 
 @pytest.fixture(scope="module")
-def val_folder(hymenoptera, tmp_path_factory):
-    """hymenoptera/val unpacked: the reference the shards are compared with."""
-    root = tmp_path_factory.mktemp("hymenoptera")
-    with tarfile.open(hymenoptera) as tar:
-        tar.extractall(root, members=[m for m in tar if m.name.startswith("hymenoptera/val/")], filter="data")
-    return ImageFolderSource(root / "hymenoptera" / "val")
+def val_folder(hymenoptera_val):
+    """hymenoptera/val unpacked (tests/conftest.py): the reference compared with."""
+    return hymenoptera_val
 
 
 def sample_key(folder_key: str) -> str:

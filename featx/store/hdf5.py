@@ -20,7 +20,7 @@ from ..core.errors import StoreError
 from ..core.files import atomic_path
 from ..core.names import DEFAULT_LAYER
 from . import shards, snapshot, view
-from .rows import WRITE_BLOCK, Rows, Taken, take
+from .rows import WRITE_BLOCK, Rows, Taken
 
 FORMAT = 3  # 3: shards and a manifest (featx.store.snapshot); 2: one file, a checksum on
 FORMATS = (1, 2, 3)  # every dataset and on the attributes; 1: on the features only
@@ -80,11 +80,6 @@ def write_store(path: Path, rows: Rows, labels: np.ndarray, classes: list[str], 
             raise
 
 
-def _put(group, name: str, data: np.ndarray) -> None:
-    group[name] = data
-    group[name].attrs["sha256"] = hashlib.sha256(np.ascontiguousarray(data).tobytes()).hexdigest()
-
-
 def _attrs_digest(provenance: str, manifest: str) -> str:
     return hashlib.sha256(json.dumps([provenance, manifest]).encode()).hexdigest()
 
@@ -94,24 +89,16 @@ def _fill(f, rows: Rows, labels, classes, provenance: dict, manifest: str) -> No
     f.attrs["provenance"] = json.dumps(provenance, sort_keys=True)
     f.attrs["manifest"] = manifest
     f.attrs["sha256"] = _attrs_digest(f.attrs["provenance"], manifest)
-    _put(f, "keys", _encode(rows.keys))
-    _put(f, "stamps", _encode(rows.stamps))
-    _put(f, "sha256", _encode(rows.sha256))
-    _put(f, "labels", np.asarray(labels, dtype=np.int64))
-    _put(f, "classes", _encode(classes))
+    shards.put(f, "keys", _encode(rows.keys))
+    shards.put(f, "stamps", _encode(rows.stamps))
+    shards.put(f, "sha256", _encode(rows.sha256))
+    shards.put(f, "labels", np.asarray(labels, dtype=np.int64))
+    shards.put(f, "classes", _encode(classes))
     for name, x in rows.features.items():
-        # contiguous layout (no chunk padding), filled block by block
-        ds = f.create_dataset(f"features/{name}", shape=x.shape, dtype=np.float32)
-        h = hashlib.sha256()
-        for start in range(0, x.shape[0], WRITE_BLOCK):
-            block = np.ascontiguousarray(take(x, np.arange(start, min(start + WRITE_BLOCK, x.shape[0]))),
-                                         dtype=np.float32)
-            ds[start:start + len(block)] = block
-            h.update(block.tobytes())
-        ds.attrs["sha256"] = h.hexdigest()
-    _put(f, "skipped/keys", _encode(rows.skipped_keys))
-    _put(f, "skipped/stamps", _encode(rows.skipped_stamps))
-    _put(f, "skipped/reasons", _encode(rows.skipped_reasons))
+        shards.put_features(f, f"features/{name}", x)  # block by block, as a shard's
+    shards.put(f, "skipped/keys", _encode(rows.skipped_keys))
+    shards.put(f, "skipped/stamps", _encode(rows.skipped_stamps))
+    shards.put(f, "skipped/reasons", _encode(rows.skipped_reasons))
 
 
 @contextmanager

@@ -5,7 +5,7 @@ import h5py
 import numpy as np
 
 from featx import store
-from featx.store import Journal, Rows, Stacked, Taken, hdf5, read, write_store
+from featx.store import Journal, Rows, Stacked, Taken, read, shards, write_store
 
 
 def rows(n, start=0, dim=5, seed=0):
@@ -15,7 +15,7 @@ def rows(n, start=0, dim=5, seed=0):
 
 
 def test_lazy_parts_take_the_same_rows_as_arrays(tmp_path, monkeypatch):
-    monkeypatch.setattr(hdf5, "WRITE_BLOCK", 7)  # many blocks, some rows far apart
+    monkeypatch.setattr(shards, "WRITE_BLOCK", 7)  # many blocks, some rows far apart
     a, b, c = rows(30, 0, seed=1), rows(20, 30, seed=2), rows(25, 50, seed=3)
     write_store(tmp_path / "old.h5", a, np.zeros(30, int), ["x"], {}, "")
     old = read(tmp_path / "old.h5", lazy=True).rows
@@ -38,7 +38,7 @@ def test_a_store_written_in_blocks_equals_one_written_at_once(tmp_path, monkeypa
     sel = np.arange(73)[::-1].copy()
     eager = Rows.concat(parts, ["embedding"], {"embedding": 5})
     labels = np.zeros(73, int)
-    monkeypatch.setattr(hdf5, "WRITE_BLOCK", 16)
+    monkeypatch.setattr(shards, "WRITE_BLOCK", 16)
     write_store(tmp_path / "blocks.h5", Rows(lazy.keys[sel], lazy.stamps[sel], lazy.sha256[sel],
                                             {"embedding": Taken(lazy.features["embedding"], sel)}),
                 labels, ["x"], {}, "m")

@@ -6,7 +6,9 @@ library's public functions (:mod:`featx.api`), :mod:`.stores` is ``featx cache``
 :mod:`.display` shows the library's log records and progress. A library error that
 names a parameter (``device='tpu': ...``) is shown as its flag (``--device tpu: ...``).
 An extraction stopped by SIGTERM or Ctrl-C says what it kept and exits with 128 + the
-signal's number (143, 130), as a process that signal ended would.
+signal's number (143, 130), as a process that signal ended would. Before anything loads
+torch or numpy, the command sets their thread counts and waiting
+(:mod:`featx.core.threads`).
 """
 from __future__ import annotations
 
@@ -15,6 +17,7 @@ import io
 import logging
 import sys
 
+from ..core import threads
 from ..core.errors import FeatxError, Interrupted, ParameterError
 from .parser import parser
 
@@ -23,6 +26,7 @@ UNDER_TORCHRUN = ("extract", "run", "finetune")
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    threads.prepare()  # before torch and numpy load: they read it once
     from ..core import distributed
     from . import commands, stores
 

@@ -5,7 +5,7 @@ the linear probe's test accuracy (featx's logreg head, C chosen on a validation 
 of train) on hymenoptera and a seeded CIFAR-10 training subset (scored on the whole test
 split), and the forward pass's images/s (random batches, as benchmarks/extract_throughput.py's
 bound). ``bf16-frozen`` is
-bfloat16 through the frozen TorchScript graph that featx uses for large jobs on the CPU
+bfloat16 through the frozen TorchScript graph that featx ran on the CPU before OpenVINO
 (featx.extraction.frozen), forced here on these small sets. Prints JSON.
 
     python benchmarks/precision_fidelity.py [--cifar-per-class 500] [--precisions bf16,bf16-frozen,fp16]
@@ -18,13 +18,13 @@ import os
 from pathlib import Path
 
 import numpy as np
-from extract_throughput import bound
+from extract_throughput import bound, forced
 
 from featx import store
 from featx.backbones import load_backbone
 from featx.core.devices import resolve_device
 from featx.data.sources import SubsetSource, open_source
-from featx.extraction import extract, frozen
+from featx.extraction import extract, runtimes
 from featx.heads import LogRegHead
 from featx.heads.fitting import align_labels, fit
 
@@ -41,6 +41,10 @@ def _splits(name: str, per_class: int):
     return train, open_source(f"{DATASETS / 'cifar10-test.tar'}:cifar10/test")  # all 10,000: 0.01 points each
 
 
+def _runtime(prec: str) -> str:
+    return runtimes.FROZEN if prec.endswith("-frozen") else runtimes.EAGER
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--backbone", default="efficientnet_lite0")
@@ -53,19 +57,17 @@ def main() -> None:
     args = p.parse_args()
     bb = load_backbone(args.backbone)
     dev = resolve_device(args.device)
-    default_min = frozen.MIN_IMAGES
     out = {"backbone": args.backbone, "device": dev.type, "images_per_second": {}, "datasets": {}}
     for prec in ["fp32", *args.precisions.split(",")]:
         out["images_per_second"][prec] = round(bound(load_backbone(args.backbone), dev,
-                                                     prec.removesuffix("-frozen"), 384,
-                                                     prec.endswith("-frozen")), 1)
+                                                     prec.removesuffix("-frozen"), 384, _runtime(prec)), 1)
     for name in ("hymenoptera", "cifar10"):
         train, test = _splits(name, args.cifar_per_class)
         result = {}
         for prec in ["fp32", *args.precisions.split(",")]:
-            frozen.MIN_IMAGES = 0 if prec.endswith("-frozen") else 1 << 62  # each row runs as it says
-            stores = [extract(s, bb, args.cache, precision=prec.removesuffix("-frozen"),
-                              device=args.device).path for s in (train, test)]
+            with forced(_runtime(prec)):  # each row runs as it says
+                stores = [extract(s, bb, args.cache, precision=prec.removesuffix("-frozen"),
+                                  device=args.device).path for s in (train, test)]
             (Xtr, ytr, ktr, classes), (Xte, yte, kte, tclasses) = (store.load(s) for s in stores)
             yte = align_labels(yte, tclasses, classes, test.spec)
             model, vm, _ = fit(Xtr, ytr, "logreg")
@@ -88,7 +90,6 @@ def main() -> None:
                          "accuracy_minus_fp32_points": round(100 * (r["accuracy"] - ref["accuracy"]), 2),
                          "accuracy_at_fp32_C_minus_fp32_points": round(100 * (at_ref_c - ref["accuracy"]), 2)}
         out["datasets"][name] = row
-    frozen.MIN_IMAGES = default_min
     print(json.dumps(out, indent=2))
 
 

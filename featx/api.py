@@ -157,7 +157,7 @@ def predict(model, data, *, out: str | os.PathLike | None = None, top_k: int = 3
     cache_dir : path
         The cache folder.
     batch_size : int, optional
-        Images per batch (default: 64 on the CPU, 256 on CUDA).
+        Images per batch (default: 64 on the CPU; on CUDA what fits the GPU, 64 to 1024).
     device : str
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     workers : int, optional

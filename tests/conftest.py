@@ -17,6 +17,21 @@ def dataset(name: str) -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_graph_cache(tmp_path_factory):
+    """One folder of converted and frozen graphs for the whole session (and the featx
+    processes tests start), as on a user's machine: each network is converted once, not
+    once per test's cache folder. Tests of that cache pass folders of their own."""
+    folder = tmp_path_factory.mktemp("graphs")
+    before = os.environ.get("FEATX_GRAPH_CACHE")
+    os.environ["FEATX_GRAPH_CACHE"] = str(folder)
+    yield folder
+    if before is None:
+        os.environ.pop("FEATX_GRAPH_CACHE", None)
+    else:
+        os.environ["FEATX_GRAPH_CACHE"] = before
+
+
 @pytest.fixture(scope="session")
 def hymenoptera() -> Path:
     return dataset("hymenoptera.tar")

@@ -57,7 +57,7 @@ _SCHEMA = {
              "per_class": {"train": int, "val": int, "test": int}},
     "backbones": [str],
     "extract": {"image_size": int, "batch_size": int, "precision": ("auto", "fp32", "bf16", "fp16"),
-                "device": ("auto", "cpu", "cuda"), "decode": ("cpu", "gpu"), "workers": int,
+                "device": ("auto", "cpu", "cuda"), "decode": ("auto", "cpu", "gpu"), "workers": int,
                 "on_error": ("skip", "fail"), "commit_rows": int},
     "heads": [str],
     "seed": int,

@@ -97,7 +97,7 @@ def _image_size(p: argparse.ArgumentParser, what: str = "input resolution") -> N
 
 def _batch_size(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive, metavar="N",
-                   help="images per batch (default: 64 on the CPU, 256 on CUDA)")
+                   help="images per batch (default: 64 on the CPU; on CUDA what fits the GPU)")
 
 
 def _seed(p: argparse.ArgumentParser, what: str) -> None:
@@ -120,9 +120,9 @@ def _extract(sub) -> None:
     _batch_size(e)
     _precision(e, "bfloat16 where the hardware runs it natively, else fp16 on CUDA, fp32 on the CPU")
     _device(e)
-    e.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
+    e.add_argument("--decode", choices=["auto", "cpu", "gpu"], default="auto",
                    help="where JPEGs are decoded and resized: CPU workers, or batched on the CUDA device "
-                        "(nvJPEG)")
+                        "(nvJPEG); auto: the GPU when the network runs on one (default)")
     _workers(e)
     e.add_argument("--commit-rows", type=_positive, default=2048, metavar="N",
                    help="images per journal commit: a killed run loses at most this many (default 2048)")

@@ -27,11 +27,15 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         if device.type == "cuda":
             return "bf16" if torch.cuda.is_bf16_supported(including_emulation=False) else "fp16"
-        native = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        return "bf16" if native else "fp32"
+        return "bf16" if native_bf16() else "fp32"
     if precision not in PRECISIONS:
         raise ParameterError("precision", precision, "choose auto, fp32, bf16 or fp16")
     return precision
+
+
+def native_bf16() -> bool:
+    """Whether this CPU runs bfloat16 natively (AVX-512-BF16 or AMX), not emulated."""
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
 
 
 def autocast(device: torch.device, precision: str):

@@ -1,15 +1,17 @@
 """The batch loop: decoded batches through the network, committed to the journal.
 
-The main process joins each batch's slices on the device, normalises them, runs the
-model (eager under autocast, or the frozen graph of :mod:`.frozen`), and commits whole
-batch groups to the journal on a background thread, overlapped with the next batches'
-compute; at most one commit is in flight. When the loop stops early (SIGTERM or Ctrl-C
-in particular, see :mod:`featx.core.signals`), the batches already embedded are
-committed before the error leaves; only the batch in flight is lost.
+The main process stages each batch's slices one batch ahead (on CUDA: copied on a side
+stream), normalises them into the network's input buffer, runs the network
+(:mod:`.forward`), reads the features of each batch one batch later (on CUDA they travel
+while the GPU works on the next), and commits whole batch groups to the journal on a
+background thread, overlapped with the next batches' compute; at most one commit is in
+flight. When the loop stops early (SIGTERM or Ctrl-C in particular, see
+:mod:`featx.core.signals`), the batches already embedded are committed before the error
+leaves; only the batch in flight is lost.
 """
 from __future__ import annotations
 
-import contextlib
+import collections
 import itertools
 import signal
 import time
@@ -21,13 +23,13 @@ import numpy as np
 import torch
 
 from ..core import progress, signals
-from ..core.devices import autocast
 from ..core.errors import Interrupted, SourceError
 from ..data.sources import Item
 from ..store import Rows
-from .frozen import frozen_embed
+from .forward import Forward
 from .loader import batches
 from .plan import Plan
+from .staging import Staging
 
 
 class _Committer:
@@ -76,51 +78,87 @@ def embed(plan: Plan, todo: list[Item], commit: Callable[[Rows], Rows],
     parts = [] if parts is None else parts
     if not todo:
         return parts
-    bb, dev = plan.backbone, plan.device
-    bb.model.to(dev, memory_format=torch.channels_last)  # in place; embed() runs it
-    run = frozen_embed(bb, plan.batch_size) if plan.frozen else None
-    # eager under autocast, or the frozen graph, which is bfloat16 throughout
-    context = autocast(dev, plan.precision) if run is None else contextlib.nullcontext()
-    run = run or bb.embed
-    committer = _Committer(plan, commit, parts)
-    bar = progress.bar(len(todo), bb.name)
-    decoded = _decoded(plan, todo)
+    loop = _Loop(plan, todo, _Committer(plan, commit, parts))
+    decoded = _ahead(loop.forward, _decoded(plan, todo))
     try:
         with torch.inference_mode():
-            for ok, failed, batch in decoded:
-                signals.check()  # a stop signal that some code on its way swallowed
-                if failed and plan.on_error == "fail":  # the batches before this one are kept (_stopped)
-                    i, _, reason, _ = min(failed, key=lambda s: s[0])
-                    raise SourceError(f"{plan.source.where(todo[i].key)}: {reason}")
-                feats = {n: np.zeros((0, bb.dims[n]), np.float32) for n in plan.layers}
-                if batch is not None:
-                    x = plan.preprocessing.normalize(batch.to(dev, non_blocking=True))
-                    x = x.contiguous(memory_format=torch.channels_last)
-                    with context:
-                        out = run(x)
-                    feats = {n: out[n].float().cpu().numpy() for n in plan.layers}
-                rows = _rows(todo, ok, failed, feats)
-                with signals.held():  # a signal is raised after the batch is handed over, not halfway
-                    committer.add(rows)
-                bar.update(len(ok) + len(failed))
+            loop.run(decoded)
         with signals.held():
-            return committer.drain()
+            return loop.committer.drain()
     except BaseException as exc:
-        stop = _stopped(committer, decoded, exc)
+        stop = _stopped(loop, decoded, exc)
         if stop is exc:
             raise
         raise stop
     finally:
-        committer.close()
-        bar.close()
+        loop.committer.close()
+        loop.bar.close()
 
 
-def _stopped(committer: _Committer, decoded, exc: BaseException) -> BaseException:
+class _Loop:
+    """The batch loop. A batch's features are read one batch later (:attr:`waiting`), so
+    that on CUDA the GPU works on the next batch while they travel to the host. A batch
+    leaves :attr:`waiting` only once the committer has it, so that whatever stops the
+    loop, every batch the network finished is handed over (:func:`_stopped`)."""
+
+    def __init__(self, plan: Plan, todo: list[Item], committer: _Committer):
+        self.plan, self.todo, self.committer = plan, todo, committer
+        self.forward = Forward(plan)
+        self.bar = progress.bar(len(todo), plan.backbone.name)
+        self.waiting: collections.deque = collections.deque()  # (ok, failed, Returning or None)
+
+    def run(self, decoded) -> None:
+        for ok, failed, staged in decoded:
+            signals.check()  # a stop signal that some code on its way swallowed
+            if failed and self.plan.on_error == "fail":  # the batches before this one are kept (_stopped)
+                self.hand_over()
+                i, _, reason, _ = min(failed, key=lambda s: s[0])
+                raise SourceError(f"{self.plan.source.where(self.todo[i].key)}: {reason}")
+            self.waiting.append((ok, failed, self.forward(staged) if staged is not None else None))
+            self.hand_over(keep=1)
+        self.hand_over()
+
+    def hand_over(self, keep: int = 0) -> None:
+        """The waiting batches' rows to the committer, but the last ``keep``; a signal is
+        raised after a batch is handed over, not halfway."""
+        with signals.held():
+            while len(self.waiting) > keep:
+                ok, failed, returning = self.waiting[0]
+                dims = self.plan.backbone.dims
+                feats = Staging.host(returning) if returning is not None else \
+                    {n: np.zeros((0, dims[n]), np.float32) for n in self.plan.layers}
+                self.waiting.popleft()  # the committer has the rows from here, even if add() raises
+                self.committer.add(_rows(self.todo, ok, failed, feats))
+                self.bar.update(len(ok) + len(failed))
+
+
+def _ahead(forward: Forward, decoded):
+    """The batches of ``decoded``, staged: on CUDA each one batch ahead, so that its copy
+    to the GPU overlaps the network's work on the batch before (on the CPU, where staging
+    is nothing, a batch goes on as soon as it is decoded)."""
+    previous = None
+    for ok, failed, slices in decoded:
+        staged = forward.stage(slices) if slices else None
+        if forward.staging.stream is None:
+            yield ok, failed, staged
+            continue
+        if previous is not None:
+            yield previous
+        previous = ok, failed, staged
+    if previous is not None:
+        yield previous
+
+
+def _stopped(loop: _Loop, decoded, exc: BaseException) -> BaseException:
     """What to raise when the batch loop ended with ``exc``, once every batch already
     embedded is committed (undisturbed by further signals): ``exc``, or, when a stop
     signal or Ctrl-C ended it, :class:`Interrupted` with the images of this run committed."""
-    failure = None
+    failure, committer = None, loop.committer
     with signals.held(then_raise=False):
+        try:
+            loop.hand_over()  # the batches the network finished, when their features are whole
+        except Exception:  # noqa: BLE001 - what failed is the error being raised
+            pass
         try:
             committer.drain()
         except Exception as err:  # noqa: BLE001 - a commit failed; those before it are kept
@@ -137,12 +175,12 @@ def _stopped(committer: _Committer, decoded, exc: BaseException) -> BaseExceptio
 
 
 def _decoded(plan: Plan, todo: list[Item]):
-    """(decoded (index, sha256) pairs, failed samples, uint8 batch on the device or None)
-    per batch; JPEGs left for the GPU (decode="gpu") are decoded here."""
+    """(decoded (index, sha256) pairs, failed samples, the decoded images as uint8 slices)
+    per batch; JPEGs left for the GPU (decode="gpu") are decoded here, as one more slice."""
     loader = batches(plan.source, todo, plan.preprocessing, plan.batch_size, plan.workers, plan.device)
     with signals.held():  # the decoding processes start untorn; a signal waits for the first batch
         first = next(loader, None)
-    for ok, failed, batch, raw in itertools.chain([first] if first is not None else [], loader):
+    for ok, failed, slices, raw in itertools.chain([first] if first is not None else [], loader):
         if raw:
             from .gpu_decode import decode_batch
 
@@ -151,10 +189,8 @@ def _decoded(plan: Plan, todo: list[Item]):
                                if isinstance(r, str)]
             good = [(s, im) for s, im in zip(raw, images) if not isinstance(im, str)]
             ok = ok + [(s[0], s[3]) for s, _ in good]
-            on_dev = [batch.to(plan.device, non_blocking=True)] if batch is not None else []
-            on_dev += [im[None] for _, im in good]
-            batch = torch.cat(on_dev) if on_dev else None
-        yield ok, failed, batch
+            slices = slices + ([torch.stack([im for _, im in good])] if good else [])
+        yield ok, failed, slices
 
 
 def _rows(todo: list[Item], ok: list, failed: list, feats: dict[str, np.ndarray]) -> Rows:

@@ -27,7 +27,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     modification time, so refitting (in ``GridSearchCV`` or ``cross_val_score``) embeds
     nothing twice. Nothing is learnt: ``fit`` returns the transformer as it is.
 
-    The network runs eagerly, never as the CPU's frozen graph: an image's features must
+    The network runs eagerly, never as a cached graph (OpenVINO, the frozen TorchScript
+    graph or the compiled one, see featx.extraction.runtimes): an image's features must
     not depend on how many images came with it. A file that cannot be read or decoded
     raises :class:`~featx.core.errors.SourceError` naming it (a transformer owes one row
     per input).

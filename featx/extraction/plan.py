@@ -18,7 +18,7 @@ import torch
 
 from ..backbones import Backbone, load_backbone
 from ..core import distributed
-from ..core.devices import resolve_device, resolve_precision
+from ..core.devices import native_bf16, resolve_device, resolve_precision
 from ..core.errors import ParameterError, SourceError
 from ..core.hashing import digest
 from ..core.names import DEFAULT_LAYER
@@ -26,8 +26,9 @@ from ..data.preprocess import Preprocessing
 from ..data.sources import Source, open_source
 from ..data.sources.listing import Listing
 from ..store import store_path_for
-from .frozen import use_frozen
+from .frozen import graph_cache
 from .loader import default_batch_size, default_workers
+from .runtimes import AOTI, EAGER, FROZEN, OPENVINO, choose, settle
 
 
 @dataclass
@@ -37,7 +38,7 @@ class Plan:
     preprocessing: Preprocessing  # the backbone's, with the chosen decoder
     device: torch.device
     precision: str  # fp32, bf16 or fp16
-    frozen: bool  # the CPU's frozen bfloat16 graph (see featx.extraction.frozen)
+    runtime: str  # eager, openvino, torchscript-frozen or aotinductor (see .runtimes)
     batch_size: int
     workers: int  # decoding processes
     on_error: str  # skip or fail
@@ -53,7 +54,7 @@ class Plan:
     def wanted(self) -> dict:
         """The provenance the store must have: what determines its features."""
         return {"backbone": identity(self.backbone, self.preprocessing), "precision": self.precision,
-                "runtime": "torchscript-frozen" if self.frozen else "eager", "source": self.source.spec}
+                "runtime": self.runtime, "source": self.source.spec}
 
 
 def make_plan(data: str | os.PathLike | Source, backbone: str | Backbone, cache_dir: str | os.PathLike, *,
@@ -72,12 +73,16 @@ def make_plan(data: str | os.PathLike | Source, backbone: str | Backbone, cache_
     if dev.type == "cuda" and w.size > 1:  # under torchrun: the GPU of this process's local rank
         dev = torch.device("cuda", w.local_rank)
     prec = resolve_precision(precision, dev)
-    if decode not in ("cpu", "gpu"):
-        raise ParameterError("decode", decode, "choose cpu or gpu")
+    if decode not in ("auto", "cpu", "gpu"):
+        raise ParameterError("decode", decode, "choose auto, cpu or gpu")
+    if decode == "auto":  # nvJPEG on a GPU: 2.6x CPU decoding on the H200 (benchmarks/RESULTS.md)
+        decode = "gpu" if dev.type == "cuda" else "cpu"
     if decode == "gpu" and dev.type != "cuda":
         raise ParameterError("decode", decode, "decoding on the GPU needs a CUDA device (choose cpu)")
-    if batch_size is None:
-        batch_size = default_batch_size(dev)
+    if batch_size is None:  # under torchrun, the first process's: all must form the same batches
+        batch_size = default_batch_size(dev, backbone, prec)
+        if w.size > 1:
+            batch_size = distributed.broadcast(batch_size)
     if batch_size < 1:
         raise ParameterError("batch_size", batch_size, "must be at least 1")
     if on_error not in ("skip", "fail"):
@@ -86,11 +91,11 @@ def make_plan(data: str | os.PathLike | Source, backbone: str | Backbone, cache_
         key, reason = source.problems[0]
         raise SourceError(f"{source.where(key)}: {reason}")
     pre = replace(backbone.preprocessing, decoder=decode)
-    # an accumulating store serves any subset of its images: their features must not
-    # depend on how many came together, so it never switches to the frozen graph
-    frozen = not source.accumulates and use_frozen(dev, prec, len(source.items))
-    key = store_key(source, backbone, prec, pre, frozen)
-    return Plan(source, backbone, pre, dev, prec, frozen, batch_size,
+    rt = choose(dev, prec, backbone, source.accumulates, native_bf16())
+    if rt != EAGER:  # its graph built now if it is not cached: the store names what runs
+        rt = settle(rt, backbone, prec, dev, batch_size, graph_cache(cache_dir))
+    key = store_key(source, backbone, prec, pre, rt)
+    return Plan(source, backbone, pre, dev, prec, rt, batch_size,
                 default_workers(dev) if workers is None else workers, on_error, commit_rows, commit_seconds,
                 store_path_for(cache_dir, source.name, backbone.architecture, key), source_manifest(source))
 
@@ -101,13 +106,13 @@ def identity(backbone: Backbone, pre: Preprocessing) -> dict:
 
 
 def store_key(source: Source, backbone: Backbone, precision: str, pre: Preprocessing | None = None,
-              frozen: bool = False) -> str:
+              runtime: str = "eager") -> str:
     ident = identity(backbone, pre or backbone.preprocessing)
     ident.pop("name")  # the same network and weights under another name share a store
     ident.pop("weights")
     key = {"source": source.spec, "backbone": ident, "precision": precision}
-    if frozen:  # see featx.extraction.frozen: other kernels, features not bit-identical to eager ones
-        key["runtime"] = "frozen"
+    if runtime != EAGER:  # other kernels: features not bit-identical to eager ones
+        key["runtime"] = {FROZEN: "frozen", OPENVINO: "openvino", AOTI: "aotinductor"}[runtime]
     return digest(key)
 
 

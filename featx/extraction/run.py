@@ -35,7 +35,7 @@ def extract(
     batch_size: int | None = None,
     precision: str = "auto",
     device: str = "auto",
-    decode: str = "cpu",
+    decode: str = "auto",
     workers: int | None = None,
     commit_rows: int = 2048,
     commit_seconds: float = 30.0,
@@ -64,15 +64,16 @@ def extract(
     image_size : int, optional
         Input resolution (default: the weights'); the crop fraction is kept.
     batch_size : int, optional
-        Images per batch (default: 64 on the CPU, 256 on CUDA).
+        Images per batch (default: 64 on the CPU; on CUDA what fits the GPU, 64 to 1024).
     precision : str
         ``auto`` (bfloat16 where the hardware runs it natively, else fp16 on CUDA and fp32
         on the CPU), ``fp32``, ``bf16`` or ``fp16``.
     device : str
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
     decode : str
-        ``cpu`` (decoding processes) or ``gpu`` (JPEGs decoded in batches on the CUDA
-        device with nvJPEG, into a store of its own).
+        ``auto`` (on CUDA the GPU, else the CPU), ``cpu`` (decoding processes) or ``gpu``
+        (JPEGs decoded in batches on the CUDA device with nvJPEG; its pixels differ
+        slightly from the CPU decoder's, so its stores are its own).
     workers : int, optional
         Decoding processes (default: one per core up to 8; beside a GPU all cores but two).
     commit_rows : int

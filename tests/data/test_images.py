@@ -98,3 +98,18 @@ def test_large_jpegs_decode_at_reduced_size_that_still_covers_the_resize():
     a, b = pre.to_uint8(full).float(), pre.decode(big).float()
     assert a.shape == b.shape == (3, 224, 224)
     assert (a - b).abs().mean() < 1.0  # under one grey level on average
+
+
+def test_normalize_is_the_weights_mean_and_std_in_one_reused_buffer():
+    import torch
+
+    from featx.data.preprocess import Preprocessing
+
+    pre = Preprocessing()
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+    want = (x.float() / 255 - mean) / std
+    buffer = torch.full((4, 3, 16, 16), float("nan"))
+    got = pre.normalize(x, out=buffer)
+    assert got.data_ptr() == buffer.data_ptr() and torch.allclose(got, want, atol=1e-6, rtol=0)
+    assert pre.normalize(x, dtype=torch.bfloat16).dtype == torch.bfloat16

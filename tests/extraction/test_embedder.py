@@ -16,6 +16,7 @@ from sklearn.pipeline import make_pipeline
 
 from featx import ImageEmbedder, extract, load
 from featx.core.errors import SourceError
+from featx.extraction import runtimes
 from support.imagegen import make_folder
 
 
@@ -53,7 +54,7 @@ def photos(tmp_path):
     return [str(p) for p in sorted(make_folder(tmp_path / "photos", {"a": 6, "b": 6}).glob("*/*.jpg"))]
 
 
-def test_rows_follow_the_paths_whatever_their_order_subset_or_repeats(photos, tmp_path, caplog):
+def test_rows_follow_the_paths_whatever_their_order_subset_or_repeats(photos, tmp_path, caplog, monkeypatch):
     emb = ImageEmbedder("efficientnet_lite0", cache_dir=tmp_path / "cache", image_size=64, layers=("blocks.3",
                                                                                                    ))
     everything = emb.fit_transform(photos)
@@ -65,10 +66,14 @@ def test_rows_follow_the_paths_whatever_their_order_subset_or_repeats(photos, tm
         again = emb.transform([photos[i] for i in order])
     assert _embedded(caplog) == [0] and store.stat().st_mtime_ns == written  # nothing embedded or rewritten
     np.testing.assert_array_equal(again, everything[order])
-    # the features are those featx extract computes for the same images
-    result = extract(str(tmp_path / "photos"), emb._network(), tmp_path / "other", workers=0)
+    # the features are those featx extract computes for the same images when it too runs
+    # eagerly (on the CPU it runs OpenVINO, see featx.extraction.runtimes)
+    fp32 = ImageEmbedder("efficientnet_lite0", cache_dir=tmp_path / "cache", image_size=64, precision="fp32")
+    monkeypatch.setattr(runtimes, "openvino_available", lambda: False)  # else OpenVINO runs fp32 extractions
+    result = extract(str(tmp_path / "photos"), fp32._network(), tmp_path / "other", workers=0,
+                     precision="fp32")
     X, _, keys, _ = load(result.path)
-    np.testing.assert_allclose(everything[:, :1280], X, atol=1e-4)
+    np.testing.assert_allclose(fp32.transform(photos), X, atol=1e-4)
 
 
 def test_it_survives_clone_params_pickling_and_a_grid_search(photos, tmp_path, caplog):

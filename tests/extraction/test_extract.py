@@ -5,6 +5,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from PIL import Image
 
 from featx.extraction import extract
+from featx.extraction.forward import Forward
 from featx.store import Journal, info, load, read, remove, shards, snapshot, verify
 from support.crash import commits, committed, store_equal
 from support.imagegen import jpeg_bytes, make_folder, photo
@@ -20,12 +22,17 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 class ForwardCounter:
-    def __init__(self, backbone):
-        self.calls = 0
-        self.handle = backbone.model.register_forward_hook(self)
+    """Batches through the network, whatever runs it (eager, or the frozen graph)."""
 
-    def __call__(self, *args):
-        self.calls += 1
+    def __init__(self, backbone):
+        self.calls, original = 0, Forward.__call__
+
+        def counted(forward, staged):
+            self.calls += 1
+            return original(forward, staged)
+
+        Forward.__call__ = counted
+        self.handle = SimpleNamespace(remove=lambda: setattr(Forward, "__call__", original))
 
 
 def test_hymenoptera_val_full_resolution(hymenoptera, lite0, tmp_path):
@@ -306,7 +313,10 @@ def test_a_source_where_nothing_decodes_gives_an_empty_store(tmp_path, lite0_sma
     assert X.shape == (0, 1280) and (r.rows, r.skipped) == (0, 1)
 
 
-def test_workers_hand_over_slices_but_the_model_sees_whole_batches(tmp_path, lite0_small):
+def test_workers_hand_over_slices_but_the_model_sees_whole_batches(tmp_path, lite0_small, monkeypatch):
+    from featx.extraction import runtimes
+
+    monkeypatch.setattr(runtimes, "openvino_available", lambda: False)  # eager: the hook sees the batches
     make_folder(tmp_path / "data", {"a": 10, "b": 10})
     sizes = []
     handle = lite0_small.model.register_forward_hook(lambda m, args, out: sizes.append(args[0].shape[0]))
@@ -318,6 +328,23 @@ def test_workers_hand_over_slices_but_the_model_sees_whole_batches(tmp_path, lit
     finally:
         handle.remove()
     assert sizes == [8, 8, 4] * 2  # slices of one image each, joined into batches of 8
+    np.testing.assert_array_equal(load(parallel.path)[0], load(inline.path)[0])
+
+
+def test_slabs_reused_many_times_over_never_mix_images(tmp_path, monkeypatch):
+    """120 slices of one image through a ring of 26 slabs, the network slower than the
+    workers (so that they run as far ahead as the DataLoader lets them): the store equals
+    the one decoded in the main process."""
+    make_folder(tmp_path / "data", {"a": 60, "b": 60})
+    inline = extract(tmp_path / "data", "pixels", tmp_path / "c1", batch_size=8, workers=0)
+    call = Forward.__call__
+
+    def slow(forward, staged):
+        time.sleep(0.02)
+        return call(forward, staged)
+
+    monkeypatch.setattr(Forward, "__call__", slow)
+    parallel = extract(tmp_path / "data", "pixels", tmp_path / "c2", batch_size=8, workers=2)
     np.testing.assert_array_equal(load(parallel.path)[0], load(inline.path)[0])
 
 

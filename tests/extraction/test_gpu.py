@@ -87,3 +87,53 @@ def test_heads_on_cuda_agree_with_the_cpu():
     assert np.abs(a.predict_proba(X) - b.predict_proba(X)).max() < 5e-3
     k1, k2 = CosineKNN(10, device="cpu").fit(X, y), CosineKNN(10, device="cuda").fit(X, y)
     assert np.mean(k1.predict(X) == k2.predict(X)) > 0.999
+
+
+def test_auto_decodes_on_the_cpu_without_cuda(tmp_path, lite0_small):
+    make_folder(tmp_path / "img", {"a": 2})
+    r = extract(str(tmp_path / "img"), lite0_small, tmp_path / "cache", device="cpu", workers=0)
+    assert store.info(r.path)["provenance"]["backbone"]["preprocessing"]["decode"] == "jpeg-dct-scaled"
+
+
+def test_the_gpu_batch_is_the_largest_power_of_two_in_an_eighth_of_its_memory():
+    from featx.extraction.loader import batch_for_memory
+
+    gib = 1 << 30
+    assert batch_for_memory(40e6, 141 * gib) == 256  # lite0 on an H200: ~40 MB per image at 224 px
+    assert batch_for_memory(1e6, 141 * gib) == 1024  # at most 1024
+    assert batch_for_memory(400e6, 16 * gib) == 64  # at least 64
+    assert batch_for_memory(40e6, 80 * gib) == 256 and batch_for_memory(40e6, 40 * gib) == 128
+
+
+@pytest.mark.slow
+def test_the_compiled_network_is_built_once_and_loaded_after(tmp_path, monkeypatch):
+    """AOTInductor on the CPU (the GPU's runtime; it compiles for any device): features of
+    eager fp32's, any batch fill, and a second call loads the package without compiling."""
+    from featx.backbones import load_backbone
+    from featx.extraction import compiled
+
+    torch.manual_seed(0)
+    bb = load_backbone("efficientnet_lite0", image_size=32, pretrained=False)
+    cpu = torch.device("cpu")
+    first = compiled.compiled_embed(bb, "fp32", cpu, 4, tmp_path)
+    assert compiled.package_path(tmp_path, bb, "fp32", cpu, 4).is_file()
+    monkeypatch.setattr(compiled, "_build", lambda *a: pytest.fail("compiled again"))
+    again = compiled.compiled_embed(bb, "fp32", cpu, 4, tmp_path)
+    x = torch.randn(3, 3, 32, 32)  # not a whole batch: padded
+    with torch.inference_mode():
+        want = bb.embed(x)["embedding"]
+        assert torch.allclose(first(x)["embedding"], want, atol=1e-4)
+        assert torch.equal(first(x)["embedding"], again(x)["embedding"])
+
+
+@cuda
+def test_by_default_cuda_decodes_on_the_gpu_and_runs_the_compiled_network(tmp_path, lite0):
+    root = make_folder(tmp_path / "img", {"a": 5, "b": 5})
+    r = extract(str(root), lite0, tmp_path / "cache", device="cuda")
+    prov = store.info(r.path)["provenance"]
+    assert prov["backbone"]["preprocessing"]["decode"] == "nvjpeg" and prov["runtime"] == "aotinductor"
+    eager = extract(str(root), lite0, tmp_path / "cache", device="cuda", precision="fp32", decode="gpu",
+                    batch_size=4)  # batch 4: another package; fp32 under aotinductor too
+    a, b = store.load(r.path)[0], store.load(eager.path)[0]
+    cos = np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cos.min() > 0.99

@@ -30,47 +30,41 @@ IMAGES, BATCH = 200, 8
 EXTRACT = ["extract", "--backbone", "pixels", "--batch-size", str(BATCH), "--workers", "2", "--device", "cpu",
            "--commit-rows", "100000"]
 
-# Planted in the child: count the images handed to the committer; from the batch after
-# STOP images, hold the network ("network") or the decoding processes ("decoding") and
-# write the count to PROGRESS. The terminal's Ctrl-C reaches a process whose SIGINT is
-# Python's default, whatever the shell that started pytest left it as.
+# Planted in the child: count the images through the network; from the batch after STOP
+# images, hold the network ("network") or the decoding processes ("decoding") and write
+# the count to PROGRESS. Every image through the network is kept: the batch whose
+# features were not yet handed over (see featx.extraction.embed) is, on the signal.
+# The terminal's Ctrl-C reaches a process whose SIGINT is Python's default, whatever
+# the shell that started pytest left it as.
 HOOK = """
 import os, signal, time
 signal.signal(signal.SIGINT, signal.default_int_handler)
-from featx.backbones.backbone import Backbone
-from featx.extraction import embed as _embed, loader as _loader
+from featx.extraction import forward as _forward, loader as _loader
 PROGRESS = os.environ["HOOK_PROGRESS"] + "." + os.environ.get("RANK", "0")
 STOP, GATE = int(os.environ["HOOK_STOP"]), os.environ["HOOK_GATE"]
-seen, looping = [0], [False]
+seen = [0]
 
 def progress():
     with open(PROGRESS + ".tmp", "w") as f:
         f.write(str(seen[0]))
     os.replace(PROGRESS + ".tmp", PROGRESS)
 
-def init(self, *a, _init=_embed._Committer.__init__):
-    _init(self, *a)
-    looping[0] = True
-
-def add(self, rows, _add=_embed._Committer.add):
-    _add(self, rows)
-    seen[0] += len(rows) + len(rows.skipped_keys)
-    if GATE == "decoding" and seen[0] >= STOP:
-        progress()  # and the main process waits for the next batch
-
-def forward(self, x, model=None, _forward=Backbone.embed):
-    if GATE == "network" and looping[0] and seen[0] >= STOP:
+def forward(self, staged, _call=_forward.Forward.__call__):
+    if GATE == "network" and seen[0] >= STOP:
         progress()
         time.sleep(120)
-    return _forward(self, x, model)
+    out = _call(self, staged)
+    seen[0] += sum(len(s) for s in staged.slices)
+    if GATE == "decoding" and seen[0] >= STOP:
+        progress()  # and the main process waits for the next batch
+    return out
 
 def decode(self, i, _decode=_loader.DecodedImages.__getitem__):
     if GATE == "decoding" and i >= STOP:
         time.sleep(120)
     return _decode(self, i)
 
-_embed._Committer.__init__, _embed._Committer.add = init, add
-Backbone.embed, _loader.DecodedImages.__getitem__ = forward, decode
+_forward.Forward.__call__, _loader.DecodedImages.__getitem__ = forward, decode
 """
 LINE = re.compile(r"^featx: stopped by (?P<signal>SIG\w+)(?: \(process (?P<rank>\d) of 2\))?: "
                   r"(?P<kept>[\d,]+) images embedded in this run are kept in (?P<where>.+); "
@@ -94,7 +88,7 @@ def _run_and_signal(command: list[str], cwd: Path, gate: str, stop: int, signum:
                     ranks: int = 1) -> tuple[int, str, list[int]]:
     """Run ``command`` with the hook, send ``signum`` once every process holds at its gate
     (to the first process, or to its whole process group as a terminal or SLURM does);
-    returns the exit status, stderr and each process's images handed over by then."""
+    returns the exit status, stderr and each process's images through the network by then."""
     progress = cwd / "progress"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "HOOK_PROGRESS": str(progress),
            "HOOK_STOP": str(stop), "HOOK_GATE": gate}
@@ -197,24 +191,19 @@ needs_default_sigterm = pytest.mark.skipif(signal.getsignal(signal.SIGTERM) is n
 def _signalled_at(monkeypatch, images: int, signum: int = signal.SIGTERM) -> None:
     """Send ``signum`` to this process from the network's forward pass on the batch after
     ``images`` images, provided featx, not the default action, will take it."""
-    from featx.backbones.backbone import Backbone
-    from featx.extraction import embed as embed_module
+    from featx.extraction.forward import Forward
 
-    added, sent = [0], []
-    add, forward = embed_module._Committer.add, Backbone.embed
+    seen, sent, call = [0], [], Forward.__call__
 
-    def counted(self, rows):
-        add(self, rows)
-        added[0] += len(rows)
-
-    def embed(self, x, model=None):
-        if added[0] == images and not sent:
+    def forward(self, staged):
+        if seen[0] == images and not sent:
             assert signal.getsignal(signum) is signals._handler
             sent.append(os.kill(os.getpid(), signum))
-        return forward(self, x, model)
+        out = call(self, staged)
+        seen[0] += sum(len(s) for s in staged.slices)
+        return out
 
-    monkeypatch.setattr(embed_module._Committer, "add", counted)
-    monkeypatch.setattr(Backbone, "embed", embed)
+    monkeypatch.setattr(Forward, "__call__", forward)
 
 
 @needs_default_sigterm

@@ -1,0 +1,104 @@
+"""How close featx's data path comes to its decoding ceiling, with a network that costs nothing.
+
+featx's whole data path (listing, reading, decoding in worker processes, handover,
+batching, normalising, store commits and the store's write) runs with a model that
+pools the batch and nothing more, so what is measured is everything but the network.
+Its ceiling is the single-core decode rate of featx's own ``Preprocessing.decode``
+(read, decode, resize, crop to the backbone's size), measured in this process on the
+same files, times the number of workers. Each dataset's images are unpacked into a
+temporary ImageFolder first (see extract_throughput.unpack).
+
+For each dataset and each worker count, three repeats, interleaved, each into an empty
+cache; medians are reported with every repeat.
+
+    python benchmarks/pipeline_ceiling.py [--datasets cifar10-test,hymenoptera] [--workers 1,2]
+
+The process runs with the thread settings the ``featx`` command makes (passive waiting).
+
+Prints JSON: ``featx_images_per_second``, ``ceiling_images_per_second`` and their ratio
+``over_ceiling`` (target: at least 0.85).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from featx.core import threads
+
+threads.prepare()  # the thread settings the featx command makes, before torch loads
+
+import torch  # noqa: E402
+from extract_throughput import decode_seconds, unpack  # noqa: E402
+from torch import nn  # noqa: E402
+
+from featx.backbones import Backbone, load_backbone  # noqa: E402
+from featx.extraction import extract  # noqa: E402
+
+
+class Pool(nn.Module):
+    """The batch pooled per channel, over every 16th pixel: a network that costs nothing."""
+
+    def forward(self, x):
+        return x[:, :, ::16, ::16].float().mean(dim=(2, 3))
+
+
+def free_backbone(like: str) -> Backbone:
+    """The free network with the preprocessing of ``like``: the images are decoded and
+    batched exactly as for it."""
+    pre = load_backbone(like, pretrained=False).preprocessing
+    return Backbone(name="free", architecture="free", model=Pool(), preprocessing=pre,
+                    weights="none", weights_sha256="")
+
+
+def featx_rate(folder: Path, bb: Backbone, workers: int, cache: Path) -> float:
+    """Images/s of ``featx.extract`` into an empty cache, listing and store write included."""
+    start = time.perf_counter()
+    r = extract(str(folder), bb, cache, workers=workers, device="cpu", precision="fp32")
+    seconds = time.perf_counter() - start
+    assert r.embedded == r.rows, r
+    return r.rows / seconds
+
+
+def measure(name: str, tmp: Path, args) -> dict:
+    folder = unpack(name, tmp / name, args.limit or None)
+    files = sorted(folder.rglob("*.jp*g"))
+    bb = free_backbone(args.like)
+    per_core = 1 / decode_seconds(folder, bb.preprocessing, args.repeats)
+    runs: dict[int, list[float]] = {w: [] for w in args.workers}
+    for rep in range(args.repeats):  # interleaved: drift hits every worker count alike
+        for w in args.workers:
+            runs[w].append(featx_rate(folder, bb, w, tmp / f"cache-{w}-{rep}"))
+    row = {"images": len(files), "decode_images_per_second_one_core": round(per_core, 1), "workers": {}}
+    for w, rates in runs.items():
+        featx, ceiling = statistics.median(rates), per_core * w
+        row["workers"][str(w)] = {"featx_images_per_second": round(featx, 1),
+                                  "repeats": [round(r, 1) for r in rates],
+                                  "ceiling_images_per_second": round(ceiling, 1),
+                                  "over_ceiling": round(featx / ceiling, 3)}
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("--datasets", default="cifar10-test,hymenoptera")
+    p.add_argument("--workers", default="1,2", type=lambda s: [int(w) for w in s.split(",")])
+    p.add_argument("--like", default="efficientnet_lite0", help="the backbone whose preprocessing is used")
+    p.add_argument("--limit", type=int, default=0, help="images per dataset, a seeded draw (0: all)")
+    p.add_argument("--repeats", type=int, default=3)
+    args = p.parse_args()
+    out = {"cpu": platform.processor() or platform.machine(), "cores": len(os.sched_getaffinity(0)),
+           "torch": torch.__version__, "datasets": {}}
+    for name in args.datasets.split(","):
+        with tempfile.TemporaryDirectory(prefix="featx-ceiling-") as tmp:
+            out["datasets"][name] = measure(name, Path(tmp), args)
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""The CPU's fastest runtime: the network converted to OpenVINO, converted once and cached.
+
+OpenVINO's CPU plugin runs lite0 in bfloat16 at about 2.5 times the speed of featx's
+frozen TorchScript graph on 2 cores, and in fp32 at 1.3 times (benchmarks/cpu_runtimes.py;
+its features' fidelity: benchmarks/runtime_fidelity.py, both in benchmarks/RESULTS.md).
+Converting a network (``openvino.convert_model`` traces it) costs 10 to 20 s, so the
+converted model (OpenVINO IR, ``.xml`` + ``.bin``) is saved in the cache folder
+(``graphs/``, see :func:`.frozen.graph_cache`), keyed as the frozen graph is
+(:func:`.frozen.graph_key`); a later run reads it and compiles it for the CPU in a
+fraction of a second. A network OpenVINO cannot convert runs as the frozen graph in bf16,
+eagerly in fp32 (:mod:`.runtimes`, which decides before the store is named).
+"""
+from __future__ import annotations
+
+import functools
+import importlib.util
+import logging
+import os
+import shutil
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..backbones import Backbone
+from ..core.files import atomic_path
+from ..core.names import DEFAULT_LAYER
+from .frozen import _Embed, graph_key
+
+log = logging.getLogger(__name__)
+
+HINTS = {"bf16": "bf16", "fp32": "f32"}  # featx precision -> OpenVINO's inference precision
+
+
+def available() -> bool:
+    return importlib.util.find_spec("openvino") is not None
+
+
+def _openvino():
+    """``import openvino``, without its usage reports: on import (and on every conversion)
+    OpenVINO sends usage events to Google Analytics and writes ``~/intel`` unless its
+    telemetry package cannot be imported, when it uses its own no-op stub. featx sends
+    nothing and writes nothing outside its folders, so that package is hidden from
+    OpenVINO's first import (only then: an OpenVINO already loaded is left as it is)."""
+    if "openvino" not in sys.modules:
+        sys.modules.setdefault("openvino_telemetry", None)
+    import openvino
+
+    return openvino
+
+
+class _Outputs(nn.Module):
+    """The backbone's pooled outputs as a tuple, in ``names`` order (what OpenVINO converts)."""
+
+    def __init__(self, backbone: Backbone):
+        super().__init__()
+        self.embed = _Embed(backbone, backbone.model)
+        self.names = [DEFAULT_LAYER, *backbone.layers]
+
+    def forward(self, x):
+        out = self.embed(x)
+        return tuple(out[n] for n in self.names)
+
+
+def model_path(graphs: str | os.PathLike, backbone: Backbone) -> Path:
+    """Where in the folder ``graphs`` the converted model of ``backbone`` is cached (its
+    ``.xml``; the ``.bin`` beside it)."""
+    key = graph_key(backbone, {"runtime": "openvino", "openvino": _version()})
+    return Path(graphs) / f"{backbone.architecture}-openvino-{key[:16]}.xml".replace("/", "-")
+
+
+def openvino_embed(backbone: Backbone, precision: str, graphs: str | os.PathLike | None = None,
+                   threads: int | None = None):
+    """``x -> {layer: features}`` through OpenVINO at ``precision`` (bf16 or fp32), or
+    None when the network cannot be converted. With ``graphs`` (a folder, see
+    :func:`.frozen.graph_cache`), the converted model is read from there when an earlier
+    run saved it, else converted and saved."""
+    core = _core()
+    path = model_path(graphs, backbone) if graphs is not None else None
+    model = _read(core, path) if path is not None and path.is_file() else None
+    if model is None:
+        model = _convert(backbone)
+        if model is None:
+            return None
+        if path is not None:
+            _save(model, path)
+    config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
+              "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "ENABLE_CPU_PINNING": False}
+    compiled = core.compile_model(model, "CPU", config)
+    request, names = compiled.create_infer_request(), [DEFAULT_LAYER, *backbone.layers]
+
+    def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        result = request.infer({0: np.ascontiguousarray(x.detach().float().numpy())})
+        return {n: torch.from_numpy(np.array(result[compiled.outputs[i]])) for i, n in enumerate(names)}
+
+    return run
+
+
+@functools.cache
+def _core():
+    """One OpenVINO runtime for the process, never released: releasing the last one
+    unloads OpenVINO's CPU plugin, and the next ``fork`` (a subprocess, DataLoader
+    workers) then crashed the process in the test suite."""
+    return _openvino().Core()
+
+
+def _convert(backbone: Backbone):
+    ov = _openvino()
+
+    size = backbone.preprocessing.image_size
+    example = torch.zeros(2, 3, size, size)
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")  # tracer warnings about Python values in the graph
+            return ov.convert_model(_Outputs(backbone).eval(), example_input=example,
+                                    input=[ov.PartialShape([-1, 3, size, size])])
+    except Exception as exc:  # noqa: BLE001 - any conversion failure means: another runtime
+        log.info("%s: OpenVINO cannot convert it (%s); running the frozen graph", backbone.name,
+                 str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return None
+
+
+def _read(core, path: Path):
+    try:
+        return core.read_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - a damaged file is converted again, not trusted
+        log.warning("%s: cannot read the cached OpenVINO model (%s); converting it again", path, exc)
+        return None
+
+
+def _save(model, path: Path) -> None:
+    """Save the .bin then the .xml, each atomically: an .xml on disk always has its .bin."""
+    ov = _openvino()
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staging = path.parent / f".{path.stem}.tmp-{os.getpid()}"
+        staging.mkdir(exist_ok=True)
+        try:
+            ov.save_model(model, str(staging / "model.xml"), compress_to_fp16=False)
+            with atomic_path(path.with_suffix(".bin")) as tmp:
+                shutil.copyfile(staging / "model.bin", tmp)
+            with atomic_path(path) as tmp:  # an .xml reads the .bin of its own name
+                shutil.copyfile(staging / "model.xml", tmp)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    except Exception as exc:  # noqa: BLE001 - a cache that cannot be written costs the next run the convert
+        log.warning("%s: cannot cache the OpenVINO model (%s)", path, exc)
+
+
+def _version() -> str:
+    from importlib.metadata import version
+
+    return version("openvino")

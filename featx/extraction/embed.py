@@ -78,8 +78,13 @@ def embed(plan: Plan, todo: list[Item], commit: Callable[[Rows], Rows],
     parts = [] if parts is None else parts
     if not todo:
         return parts
-    loop = _Loop(plan, todo, _Committer(plan, commit, parts))
-    decoded = _ahead(loop.forward, _decoded(plan, todo))
+    decoded = _decoded(plan, todo)  # the decoding processes start first (see _decoded)
+    try:
+        loop = _Loop(plan, todo, _Committer(plan, commit, parts))
+    except BaseException:
+        decoded.close()
+        raise
+    decoded = _ahead(loop.forward, decoded)
     try:
         with torch.inference_mode():
             loop.run(decoded)
@@ -176,9 +181,16 @@ def _stopped(loop: _Loop, decoded, exc: BaseException) -> BaseException:
 
 def _decoded(plan: Plan, todo: list[Item]):
     """(decoded (index, sha256) pairs, failed samples, the decoded images as uint8 slices)
-    per batch; JPEGs left for the GPU (decode="gpu") are decoded here, as one more slice."""
-    loader = batches(plan.source, todo, plan.preprocessing, plan.batch_size, plan.workers, plan.device)
-    with signals.held():  # the decoding processes start untorn; a signal waits for the first batch
+    per batch; JPEGs left for the GPU (decode="gpu") are decoded here, as one more slice.
+    The decoding processes start now, before the network is loaded, so that they decode
+    the first batches while it loads (and fork a process without the runtime's threads)."""
+    with signals.held():  # the decoding processes start untorn
+        loader = batches(plan.source, todo, plan.preprocessing, plan.batch_size, plan.workers, plan.device)
+    return _gpu_decoded(plan, loader)
+
+
+def _gpu_decoded(plan: Plan, loader):
+    with signals.held():  # a signal waits for the first batch
         first = next(loader, None)
     for ok, failed, slices, raw in itertools.chain([first] if first is not None else [], loader):
         if raw:

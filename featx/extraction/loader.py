@@ -136,7 +136,7 @@ def batches(source: Source, todo: list[Item], pre: Preprocessing, batch_size: in
         pin_memory=dev.type == "cuda", multiprocessing_context=start_method(workers),
         prefetch_factor=prefetch,
     )
-    return _whole_batches(loader, group, slabs)
+    return _whole_batches(iter(loader), group, slabs)  # iter(): the workers start now
 
 
 def _slabs(count: int, part: int, size: int) -> list[torch.Tensor]:

@@ -78,3 +78,9 @@ def test_an_unwritable_cache_costs_only_the_build(tmp_path, lite0_small, caplog)
     (tmp_path / "graphs").write_text("a file where the folder goes")
     assert frozen_embed(lite0_small, batch_size=4, graphs=tmp_path / "graphs") is not None
     assert "cannot cache the frozen graph" in caplog.text
+
+
+def test_the_key_takes_weights_of_any_dtype(tmp_path, lite0_small):
+    half = copy.deepcopy(lite0_small)
+    half.model = copy.deepcopy(lite0_small.model).to(torch.bfloat16)
+    assert frozen.graph_path(tmp_path, half, 4) != frozen.graph_path(tmp_path, lite0_small, 4)

@@ -1,7 +1,7 @@
 """The CPU's fastest runtime: the network converted to OpenVINO, converted once and cached.
 
-OpenVINO's CPU plugin runs lite0 in bfloat16 at about 2.5 times the speed of featx's
-frozen TorchScript graph on 2 cores, and in fp32 at 1.3 times (benchmarks/cpu_runtimes.py;
+OpenVINO's CPU plugin runs lite0 in bfloat16 at about 2.2 times the speed of featx's
+frozen TorchScript graph on 2 cores, and in fp32 at 1.15 times (benchmarks/cpu_runtimes.py;
 its features' fidelity: benchmarks/runtime_fidelity.py, both in benchmarks/RESULTS.md).
 Converting a network (``openvino.convert_model`` traces it) costs 10 to 20 s, so the
 converted model (OpenVINO IR, ``.xml`` + ``.bin``) is saved in the cache folder

@@ -41,6 +41,7 @@ import torch
 
 from featx.backbones import load_backbone
 from featx.extraction.frozen import frozen_embed
+from featx.extraction.openvino_graph import _openvino
 
 RUNTIMES = ("eager_bf16", "frozen_bf16", "compile_bf16", "openvino_fp32", "openvino_bf16",
             "onnxruntime_fp32", "onnxruntime_fp32_extended")
@@ -83,7 +84,7 @@ def openvino_config(precision: str, threads: int) -> dict:
 def openvino_runtime(model: torch.nn.Module, size: int, precision: str, threads: int):
     """``x -> (N, D) ndarray`` through OpenVINO's CPU plugin, the compiled model, and a
     report of what it really runs (precision, threads, streams, convolutions by precision)."""
-    import openvino as ov
+    ov = _openvino()  # without its usage reports (featx.extraction.openvino_graph)
 
     core = ov.Core()
     compiled = core.compile_model(core.read_model(export_onnx(model, size)), "CPU",
@@ -168,8 +169,7 @@ def saved(bb, threads: int) -> dict:
     x = torch.zeros(1, 3, size, size)
     with tempfile.TemporaryDirectory() as d:
         if not missing("openvino"):
-            import openvino as ov
-
+            ov = _openvino()  # without its usage reports (featx.extraction.openvino_graph)
             for prec in ("f32", "bf16"):
                 blob = openvino_runtime(bb.model, size, prec, threads)[1].export_model()
                 blob = blob.getvalue() if hasattr(blob, "getvalue") else blob  # BytesIO in 2026

@@ -3,7 +3,9 @@
 Eager under autocast, or a graph: on CUDA the AOTInductor-compiled network
 (:mod:`.compiled`), on the CPU OpenVINO's (:mod:`.openvino_graph`) or the frozen
 TorchScript one (:mod:`.frozen`), as the plan settled (:mod:`.runtimes`). The input batch is
-normalised into a float32 buffer by :class:`~.staging.Staging`.
+normalised into a float32 buffer by :class:`~.staging.Staging`, unless the graph
+normalises it itself (a run with ``normalises = True``, OpenVINO's): it then gets the
+uint8 NHWC batch as the workers decoded it.
 """
 from __future__ import annotations
 
@@ -27,7 +29,7 @@ class Forward:
         self.context = autocast(dev, plan.precision) if run is None else contextlib.nullcontext()
         self.run = run or bb.embed
         self.layers = plan.layers
-        self.staging = Staging(plan.preprocessing, dev)
+        self.staging = Staging(plan.preprocessing, dev, normalise=not getattr(self.run, "normalises", False))
 
     def stage(self, slices: list[torch.Tensor]) -> Staged:
         return self.staging.stage(slices)

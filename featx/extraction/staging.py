@@ -1,10 +1,14 @@
 """Batches on their way to the network and features on their way back.
 
 In: a batch arrives as uint8 slices (one per decoding process's share, see
-:mod:`.loader`). On the CPU they are normalised straight from the workers' shared memory
-into one contiguous float32 buffer that is reused batch after batch: no joined copy and
-no fresh 38 MB allocation per batch (at 224 px, batch 64), whose page faults cost the
-main process more than decoding did. The buffer is NCHW, not channels-last: a
+:mod:`.loader`). A runtime that normalises inside its own graph (OpenVINO's, see
+:mod:`.openvino_graph`) takes them as they are, uint8 HWC: a batch of one slice is the
+workers' shared memory itself, more slices are joined into a reused uint8 buffer, and the
+main process touches no pixel otherwise. For the other runtimes they are normalised
+straight from the workers' shared memory into one contiguous float32 buffer that is
+reused batch after batch: no joined copy and no fresh 38 MB allocation per batch (at
+224 px, batch 64), whose page faults cost the main process more than decoding did. The
+buffer is NCHW, not channels-last: a
 per-channel scale over a channels-last tensor does not vectorise (6 times slower here),
 and the network's first convolution takes either layout at the same speed. On CUDA the
 slices arrive in pinned memory; their copy to the GPU is issued on a side stream as soon
@@ -41,10 +45,11 @@ class Returning:
 
 
 class Staging:
-    """uint8 slices in, one normalised float32 batch on ``dev`` out."""
+    """uint8 slices in, one batch on ``dev`` out: normalised float32 NCHW, or with
+    ``normalise=False`` (a runtime that normalises in its graph) uint8 NHWC as decoded."""
 
-    def __init__(self, pre: Preprocessing, dev: torch.device):
-        self.pre, self.dev = pre, dev
+    def __init__(self, pre: Preprocessing, dev: torch.device, normalise: bool = True):
+        self.pre, self.dev, self.normalise = pre, dev, normalise
         self.affine = pre.affine(dev)  # once: each copy to a GPU would wait for its queue
         self.stream = torch.cuda.Stream(dev) if dev.type == "cuda" else None
         self.buffer: torch.Tensor | None = None
@@ -66,15 +71,26 @@ class Staging:
             main.wait_event(staged.ready)
             for s in staged.slices:  # allocated on the side stream, used on this one
                 s.record_stream(main)
-        n = sum(len(s) for s in staged.slices)
-        size = staged.slices[0].shape[1:]
-        if self.buffer is None or len(self.buffer) < n or self.buffer.shape[1:] != size:
-            self.buffer = torch.empty((n, *size), dtype=torch.float32, device=self.dev)
-        start = 0
+        if not self.normalise:
+            return self._joined([s.permute(0, 2, 3, 1) for s in staged.slices])  # NCHW views of HWC
+        start, n = 0, sum(len(s) for s in staged.slices)
+        self._reserve(n, staged.slices[0].shape[1:], torch.float32)
         for s in staged.slices:
             self.pre.normalize(s, out=self.buffer[start:start + len(s)], affine=self.affine)
             start += len(s)
         return self.buffer[:n]
+
+    def _joined(self, slices: list[torch.Tensor]) -> torch.Tensor:
+        if len(slices) == 1 and slices[0].is_contiguous():
+            return slices[0]
+        n = sum(len(s) for s in slices)
+        self._reserve(n, slices[0].shape[1:], slices[0].dtype)
+        return torch.cat(slices, out=self.buffer[:n])
+
+    def _reserve(self, n: int, size: torch.Size, dtype: torch.dtype) -> None:
+        b = self.buffer
+        if b is None or len(b) < n or b.shape[1:] != size or b.dtype != dtype:
+            self.buffer = torch.empty((n, *size), dtype=dtype, device=self.dev)
 
     def send_back(self, features: dict[str, torch.Tensor]) -> Returning:
         """Start copying ``features`` (float32) to the host; on CUDA into pinned memory, not waiting."""

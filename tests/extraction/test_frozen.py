@@ -84,3 +84,19 @@ def test_the_key_takes_weights_of_any_dtype(tmp_path, lite0_small):
     half = copy.deepcopy(lite0_small)
     half.model = copy.deepcopy(lite0_small.model).to(torch.bfloat16)
     assert frozen.graph_path(tmp_path, half, 4) != frozen.graph_path(tmp_path, lite0_small, 4)
+
+
+def test_the_weights_digest_is_computed_once_per_state_and_follows_every_change(lite0_small, monkeypatch):
+    model = copy.deepcopy(lite0_small.model)
+    first = frozen.weights_sha256(model)
+    saved = copy.deepcopy(model.state_dict())
+    hashes, sha256 = [], frozen.hashlib.sha256
+    monkeypatch.setattr(frozen.hashlib, "sha256", lambda *a: hashes.append(1) or sha256(*a))
+    assert frozen.weights_sha256(model) == first and not hashes  # unchanged: not hashed again
+    with torch.no_grad():
+        next(model.parameters()).mul_(2)  # in place
+    assert frozen.weights_sha256(model) != first and len(hashes) == 1
+    model.load_state_dict(saved)  # copied back in place
+    assert frozen.weights_sha256(model) == first
+    model.bfloat16()  # new tensors
+    assert frozen.weights_sha256(model) != first

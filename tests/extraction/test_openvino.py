@@ -38,12 +38,12 @@ def test_its_features_and_layers_match_eager_fp32(lite0_small, tmp_path):
     from featx.backbones import load_backbone
 
     bb = load_backbone("efficientnet_lite0", image_size=64, layers=("blocks.3",))
-    x = bb.preprocessing.normalize(torch.randint(0, 256, (5, 3, 64, 64), dtype=torch.uint8,
-                                                 generator=torch.Generator().manual_seed(0)))
-    with torch.inference_mode():
-        want = bb.embed(x)
-    got32 = openvino_embed(bb, "fp32", tmp_path)(x)
-    got16 = openvino_embed(bb, "bf16", tmp_path)(x)
+    images = torch.randint(0, 256, (5, 64, 64, 3), dtype=torch.uint8,
+                           generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():  # the graph takes the images as decoded (NHWC) and normalises them
+        want = bb.embed(bb.preprocessing.normalize(images.permute(0, 3, 1, 2)))
+    got32 = openvino_embed(bb, "fp32", tmp_path)(images)
+    got16 = openvino_embed(bb, "bf16", tmp_path)(images)
     for layer in ("embedding", "blocks.3"):
         assert got32[layer].shape == want[layer].shape == got16[layer].shape
         assert _cosines(got32[layer].numpy(), want[layer].numpy()).min() > 0.9999
@@ -56,8 +56,17 @@ def test_the_model_is_converted_once_and_read_after(lite0_small, tmp_path, monke
     assert path.is_file() and path.with_suffix(".bin").is_file()
     monkeypatch.setattr(openvino_graph, "_convert", lambda *a: pytest.fail("converted again"))
     again = openvino_embed(lite0_small, "bf16", tmp_path)
-    x = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    x = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     assert torch.equal(first(x)["embedding"], again(x)["embedding"])
+
+
+def test_its_compiled_form_is_cached_too_and_a_damaged_one_costs_a_compile(lite0_small, tmp_path):
+    x = torch.randint(0, 256, (3, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(2))
+    want = openvino_embed(lite0_small, "bf16", tmp_path)(x)["embedding"]
+    blobs = list((tmp_path / "openvino-compiled").glob("*.blob"))
+    assert len(blobs) == 1
+    blobs[0].write_bytes(b"damaged" * 100)
+    assert torch.equal(openvino_embed(lite0_small, "bf16", tmp_path)(x)["embedding"], want)  # compiled again
 
 
 def test_a_damaged_cached_model_is_converted_again(lite0_small, tmp_path, caplog):
@@ -76,6 +85,18 @@ def test_a_bf16_extraction_records_openvino_and_matches_eager(tmp_path, lite0_sm
     eager = extract(str(root), lite0_small, tmp_path / "c", precision="fp16", device="cpu", batch_size=4)
     assert eager.path != fast.path and store.info(eager.path)["provenance"]["runtime"] == "eager"
     assert _cosines(store.load(fast.path)[0], store.load(eager.path)[0]).min() > 0.99
+
+
+def test_an_fp32_extraction_through_openvino_gives_eager_torchs_features(tmp_path, lite0_small, monkeypatch):
+    root = make_folder(tmp_path / "img", {"a": 11, "b": 9})  # batches of 8 slices of 2, from 2 workers
+    fast = extract(str(root), lite0_small, tmp_path / "c", precision="fp32", device="cpu", batch_size=16,
+                   workers=2)
+    monkeypatch.setattr(runtimes, "openvino_available", lambda: False)
+    eager = extract(str(root), lite0_small, tmp_path / "d", precision="fp32", device="cpu", batch_size=16)
+    runtime = {r.path: store.info(r.path)["provenance"]["runtime"] for r in (fast, eager)}
+    assert (runtime[fast.path], runtime[eager.path]) == ("openvino", "eager")
+    a, b = store.load(fast.path), store.load(eager.path)
+    assert list(a.keys) == list(b.keys) and _cosines(a.X, b.X).min() > 0.99999
 
 
 def test_a_network_openvino_cannot_convert_runs_the_frozen_graph_and_its_store_says_so(tmp_path, lite0_small,

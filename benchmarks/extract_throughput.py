@@ -126,7 +126,8 @@ def bound(backbone, device: torch.device, precision: str, images: int, runtime: 
                      0, 0.0, Path(graphs or tempfile.mkdtemp(prefix="featx-graphs-")) / "x.h5", "")
     # (the graph cache: $FEATX_GRAPH_CACHE when set, else graphs/ beside that path)
     forward = Forward(fake)
-    x = [torch.randint(0, 256, (batch, 3, size, size), dtype=torch.uint8)]
+    # uint8 NCHW views of HWC images, as the decoding processes hand them over
+    x = [torch.randint(0, 256, (batch, size, size, 3), dtype=torch.uint8).permute(0, 3, 1, 2)]
     batches = max(3, -(-images // batch))
     with torch.inference_mode():
         forward.staging.host(forward(forward.stage(x)))

@@ -61,13 +61,17 @@ class Preprocessing:
         return self.decode_hwc(data).permute(2, 0, 1)
 
     def decode_hwc(self, data: bytes) -> torch.Tensor:
-        """Image bytes -> uint8 tensor (image_size, image_size, 3), as PIL lays it out:
-        what the decoding processes hand over (copied without a transposition)."""
+        """Image bytes -> uint8 tensor (image_size, image_size, 3), as PIL lays it out."""
+        return torch.from_numpy(self.decode_array(data).copy())
+
+    def decode_array(self, data: bytes) -> np.ndarray:
+        """Image bytes -> read-only uint8 array (image_size, image_size, 3) over PIL's own
+        bytes: what the decoding processes copy, once, into shared memory."""
         mode = InterpolationMode(self.interpolation)
         image = TF.resize(decode_rgb(data, min_side=self.resize_size), self.resize_size, interpolation=mode,
                           antialias=True)
         image = TF.center_crop(image, [self.image_size, self.image_size])
-        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy())
+        return np.asarray(image, dtype=np.uint8)
 
     def to_uint8(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         """RGB PIL image, or uint8 tensor (..., 3, H, W) on any device -> uint8 tensor

@@ -3,10 +3,10 @@
 Workers hand over slices of a batch, so that many workers share even one batch and the
 first batch is ready sooner: each slice's images (HWC, as PIL lays them out: copied
 without a transposition) go into one of a ring of shared-memory slabs allocated once
-(:func:`_slabs`), and only the slab's number travels. The main process normalises the
-slices of each batch into the network's input (:mod:`.staging`). On CUDA a slice is
-one shared-memory tensor (``default_collate``), which the DataLoader copies to pinned
-memory.
+(:func:`_slabs`), and only the slab's number travels. The main process makes the
+slices of each batch the network's input (:mod:`.staging`). On CUDA a slice is one
+tensor (in shared memory, as the DataLoader sends it), which the DataLoader copies to
+pinned memory.
 """
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ import functools
 import hashlib
 import os
 
+import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, default_collate
+from torch.utils.data import DataLoader, Dataset
 
 from ..core import distributed
 from ..core.workers import start_method
@@ -80,7 +81,7 @@ def _bytes_per_image(backbone, dev: torch.device, precision: str, probe: int = 1
 
 class DecodedImages(Dataset):
     """Reads and decodes one image per call; runs inside DataLoader workers. Each sample
-    is (index, uint8 image | JPEG bytes for the GPU | None, failure reason, SHA-256)."""
+    is (index, uint8 HWC array | JPEG bytes for the GPU | None, failure reason, SHA-256)."""
 
     def __init__(self, source: Source, items: list[Item], pre: Preprocessing):
         self.source, self.items, self.pre = source, items, pre
@@ -97,7 +98,7 @@ class DecodedImages(Dataset):
         if self.pre.decoder == "gpu" and gpu_ready(data):
             return i, data, "", sha  # decoded with its batch on the GPU
         try:
-            return i, self.pre.decode_hwc(data), "", sha
+            return i, self.pre.decode_array(data), "", sha
         except ImageDecodeError as exc:
             return i, None, str(exc), sha
 
@@ -106,16 +107,15 @@ def _collate(samples, slabs: list[torch.Tensor] | None = None, part: int = 0):
     """(index and hash of each decoded sample, failed samples, the decoded images (HWC)
     stacked, samples still as JPEG bytes). With ``slabs``, the images go into the slab of
     this slice, named by its number, instead of a new shared-memory tensor."""
-    images = [s[1] for s in samples if isinstance(s[1], torch.Tensor)]
-    ok = [(s[0], s[3]) for s in samples if isinstance(s[1], torch.Tensor)]
+    images = [s[1] for s in samples if isinstance(s[1], np.ndarray)]
+    ok = [(s[0], s[3]) for s in samples if isinstance(s[1], np.ndarray)]
     batch = None
     if images and slabs is not None:
         k = samples[0][0] // part % len(slabs)
-        for j, image in enumerate(images):
-            slabs[k][j].copy_(image)
+        np.stack(images, out=slabs[k][:len(images)].numpy())
         batch = (k, len(images))
     elif images:
-        batch = default_collate(images)
+        batch = torch.from_numpy(np.stack(images))
     raw = [s for s in samples if isinstance(s[1], bytes)]
     return ok, [s for s in samples if s[1] is None], batch, raw
 

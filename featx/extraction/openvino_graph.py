@@ -90,8 +90,9 @@ def openvino_embed(backbone: Backbone, precision: str, graphs: str | os.PathLike
     :func:`.frozen.graph_cache`), the converted model is read from there when an earlier
     run saved it, else converted and saved."""
     core, path = _core(), model_path(graphs, backbone) if graphs is not None else None
-    config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": threads or torch.get_num_threads(), "ENABLE_CPU_PINNING": False}
+    streams = max(1, threads or torch.get_num_threads())  # one thread each (see _run)
+    config = {"INFERENCE_PRECISION_HINT": HINTS[precision], "PERFORMANCE_HINT": "THROUGHPUT",
+              "NUM_STREAMS": streams, "INFERENCE_NUM_THREADS": streams, "ENABLE_CPU_PINNING": False}
     compiled_cache = _writable(Path(graphs) / "openvino-compiled") if graphs is not None else None
     if compiled_cache is not None:  # OpenVINO's own cache of compiled models: 0.02 s to load instead of 0.13
         config["CACHE_DIR"] = str(compiled_cache)
@@ -104,11 +105,26 @@ def openvino_embed(backbone: Backbone, precision: str, graphs: str | os.PathLike
             _save(model, path)
         compiled = (path is not None and path.is_file() and _compiled(core, path, config)) or \
             core.compile_model(model, "CPU", config)
-    request, names = compiled.create_infer_request(), [DEFAULT_LAYER, *backbone.layers]
+    return _run(compiled, streams, [DEFAULT_LAYER, *backbone.layers])
+
+
+def _run(compiled, streams: int, names: list[str]):
+    """The batch split into ``streams`` parts, run at once, one thread each: beside the
+    decoding processes, which take the same cores now and then, this ran 1.1 to 1.3 times
+    as fast as the whole batch on all threads (whose threads wait for one another at
+    every layer when one of them is descheduled); alone, 1.03 times."""
+    requests = [compiled.create_infer_request() for _ in range(streams)]
 
     def run(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        result = request.infer({0: np.ascontiguousarray(x.numpy())}, share_inputs=True)
-        return {n: torch.from_numpy(np.array(result[compiled.outputs[i]])) for i, n in enumerate(names)}
+        images = np.ascontiguousarray(x.numpy())
+        bounds = np.linspace(0, len(images), min(streams, len(images)) + 1).astype(int)
+        running = requests[:len(bounds) - 1]
+        for r, a, b in zip(running, bounds[:-1], bounds[1:]):
+            r.start_async({0: images[a:b]}, share_inputs=True)
+        for r in running:
+            r.wait()
+        return {n: torch.from_numpy(np.concatenate([r.get_output_tensor(i).data for r in running]))
+                for i, n in enumerate(names)}
 
     run.normalises = True  # Staging hands it the uint8 batch
     return run

@@ -50,6 +50,15 @@ def test_its_features_and_layers_match_eager_fp32(lite0_small, tmp_path):
         assert _cosines(got16[layer].numpy(), want[layer].numpy()).min() > 0.98
 
 
+def test_a_batch_split_over_streams_keeps_its_images_in_order(lite0_small, tmp_path):
+    x = torch.randint(0, 256, (7, 64, 64, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(3))
+    whole = openvino_embed(lite0_small, "fp32", tmp_path, threads=1)(x)["embedding"]
+    split = openvino_embed(lite0_small, "fp32", tmp_path, threads=3)(x)["embedding"]  # parts of 2, 2, 3
+    assert split.shape == whole.shape and _cosines(split.numpy(), whole.numpy()).min() > 0.99999
+    one = openvino_embed(lite0_small, "fp32", tmp_path, threads=3)(x[:1])["embedding"]  # fewer than streams
+    assert _cosines(one.numpy(), whole[:1].numpy()).min() > 0.99999
+
+
 def test_the_model_is_converted_once_and_read_after(lite0_small, tmp_path, monkeypatch):
     first = openvino_embed(lite0_small, "bf16", tmp_path)
     path = model_path(tmp_path, lite0_small)

@@ -16,7 +16,9 @@ Relative data paths are read from the directory featx runs in.
     # (image_size is the networks' input; the pixels baseline stays at 32 x 32)
     heads: [logreg, linear_svm, knn]
     seed: 0
-    val_fraction: 0.2
+    val_fraction: 0.2        # the held-out share of train when there is no val source, from cv_below rows
+    cv_folds: 5              # below cv_below training rows (and without a val source), heads and the
+    cv_below: 20000          # best method are chosen by stratified cv_folds-fold cross-validation
     report:
       efficiency: {shots: [1, 2, 5, 10, 25], draws: 5, heads: [logreg, knn, nearest_centroid]}
     sweep: {n_jobs: 4, backend: loky}   # optional: sweeps as 4 joblib tasks; dask or ray
@@ -62,6 +64,8 @@ _SCHEMA = {
     "heads": [str],
     "seed": int,
     "val_fraction": float,
+    "cv_folds": int,
+    "cv_below": int,
     "report": {"efficiency": {"shots": [int], "draws": int, "heads": [str]}},
     "sweep": {"n_jobs": int, "backend": ("loky", "dask", "ray"), "address": str},
     "finetune": {**_TRAINING, "strategies": [("lp_ft", "full", "last_k", "head")], "last_k": int},
@@ -83,6 +87,8 @@ class Pipeline:
     extract: dict = field(default_factory=dict)
     seed: int = 0
     val_fraction: float = 0.2
+    cv_folds: int = 5  # cross-validation below cv_below training rows (heads.base.SweptHead)
+    cv_below: int = 20_000
     shots: list[int] = field(default_factory=lambda: [1, 2, 5, 10, 25])
     draws: int = 5
     efficiency_heads: list[str] | None = None  # None: the cheap ones among ``heads``
@@ -167,6 +173,9 @@ def from_dict(raw, origin: str = "pipeline") -> Pipeline:
                  extract=d.get("extract", {}), seed=d.get("seed", 0), val_fraction=d.get("val_fraction", 0.2),
                  efficiency_heads=eff.get("heads"))
     p.test_fraction = data.get("test_fraction", p.test_fraction)
+    p.cv_folds, p.cv_below = d.get("cv_folds", p.cv_folds), d.get("cv_below", p.cv_below)
+    if p.cv_folds < 2:
+        raise PipelineError(f"{origin}: cv_folds must be at least 2, got {p.cv_folds}")
     p.per_class = data.get("per_class", {})
     p.shots = sorted(set(eff.get("shots", p.shots)))
     p.draws = eff.get("draws", p.draws)

@@ -27,6 +27,10 @@ _RESULT = {
         "macro_f1": {"type": "number", "minimum": 0, "maximum": 1},
         "fit_seconds": {"type": "number", "minimum": 0},
         "val_accuracy": {"type": ["number", "null"]}, "best": {"type": "boolean"},
+        "selection": {"type": "string"},  # "5-fold cross-validation", "validation split" or "none"
+        "cv": {"type": ["object", "null"]},  # folds, accuracy, accuracy_std, fold_accuracies
+        "test_interval95": {"type": "array", "items": {"type": "number"}, "minItems": 2, "maxItems": 2},
+        "vs_best": {"type": "object", "required": ["p_value"]},  # McNemar's exact test against the best
     },
 }
 SCHEMA = {
@@ -95,9 +99,12 @@ def summary(report: dict) -> list[str]:
     rows = report["results"]
     best = next(r for r in rows if r.get("best"))
     lines = [line for b in dict.fromkeys(r["backbone"] for r in rows) if (line := _comparison(report, b))]
-    lines += [(f"Best (by validation accuracy): {best['backbone']} + {method_label(best)}, "
-              f"{_pct(best['test_accuracy'])} test accuracy, fitted in {best['fit_seconds']:.1f} s "
-              f"on {best['n_train']} labelled images.")]
+    chosen_by = "cross-validated" if best.get("cv") else "validation"
+    lines += [(f"Best (by {chosen_by} accuracy): {best['backbone']} + {method_label(best)}, "
+              f"{_pct(best['test_accuracy'])} test accuracy{_interval(best)}, fitted in "
+              f"{best['fit_seconds']:.1f} s on {best['n_train']} labelled images.")]
+    if (close := _within_noise(rows)):
+        lines.append(close)
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
         if backbone == best["backbone"]:
             continue
@@ -106,12 +113,41 @@ def summary(report: dict) -> list[str]:
     return lines
 
 
+def _interval(row: dict) -> str:
+    iv = row.get("test_interval95")
+    return f" (95 % interval {100 * iv[0]:.1f}-{100 * iv[1]:.1f} %)" if iv else ""
+
+
+def _within_noise(rows: list[dict]) -> str | None:
+    """The methods the test cannot tell from the best (McNemar p >= 0.05), in words."""
+    from .stats import NOISE
+
+    close = [r for r in rows if r.get("vs_best") and r["vs_best"]["p_value"] >= NOISE]
+    if not close:
+        return None
+    names = ", ".join(f"{r['backbone']} + {method_label(r)} ({_pct(r['test_accuracy'])}, "
+                      f"p = {r['vs_best']['p_value']:.2f})" for r in close[:4])
+    more = f" and {len(close) - 4} more" if len(close) > 4 else ""
+    return (f"Within noise of the best on this test set (McNemar's exact test, p >= {NOISE}): {names}{more}; "
+            "the test cannot rank these.")
+
+
+def _selection_score(row: dict) -> str:
+    cv = row.get("cv")
+    if cv and "accuracy_std" in cv:
+        return f"{_pct(cv['accuracy'])} ± {100 * cv['accuracy_std']:.1f}"
+    return _pct(row.get("val_accuracy"))
+
+
 def _results_table(report: dict) -> list[list[str]]:
-    head = ["backbone", "method", "test accuracy", "balanced accuracy", "macro-F1", "n_train", "fit s",
-            "val accuracy", "best"]
-    body = [[r["backbone"], method_label(r), _pct(r["test_accuracy"]), _pct(r["balanced_accuracy"]),
+    head = ["backbone", "method", "test accuracy", "95 % interval", "p vs best", "balanced accuracy",
+            "macro-F1", "n_train", "fit s", "CV / val accuracy", "best"]
+    body = [[r["backbone"], method_label(r), _pct(r["test_accuracy"]),
+             "-" if not r.get("test_interval95") else
+             f"{100 * r['test_interval95'][0]:.1f}-{100 * r['test_interval95'][1]:.1f} %",
+             f"{r['vs_best']['p_value']:.3f}" if r.get("vs_best") else "-", _pct(r["balanced_accuracy"]),
              f"{r['macro_f1']:.3f}", str(r["n_train"]), f"{r['fit_seconds']:.2f}",
-             _pct(r.get("val_accuracy")), "★" if r.get("best") else ""] for r in report["results"]]
+             _selection_score(r), "★" if r.get("best") else ""] for r in report["results"]]
     return [head, *body]
 
 

@@ -32,14 +32,15 @@ from ..heads.metrics import classification_metrics
 from ..heads.sweeps import sweep_backend
 from .pipeline import Pipeline, PipelineError
 from .report import method_label, write_report
+from .stats import mcnemar, wilson
 
 log = logging.getLogger(__name__)
 
-PROTOCOL = ("heads: hyper-parameters chosen on the validation split, the chosen model refit on train + "
-            "validation; "
-            "trained networks: the epoch chosen on the validation split, trained on train only; the test "
-            "split "
-            "scored once; best = highest validation accuracy")
+PROTOCOL = ("heads: hyper-parameters chosen by stratified k-fold cross-validation on train below the "
+            "pipeline's cv_below training rows (else on the validation split; on the val source when the "
+            "pipeline names one), the chosen model refit on all training rows; trained networks: the epoch "
+            "chosen on the validation split, trained on train only; the test split scored once; best = "
+            "highest cross-validated (or validation) accuracy")
 
 
 def environment(device: str, precision: str) -> dict:
@@ -155,7 +156,8 @@ def _efficiency(p: Pipeline, backbone: str, head: str, *, X, y, test: Split, mai
             rng = np.random.default_rng([p.seed, n, draw])
             idx = np.concatenate([rng.choice(np.flatnonzero(y == k), n, replace=False)
                                   for k in range(len(counts))])
-            model, _, _ = fit(X[idx], y[idx], head, val_fraction=p.val_fraction, seed=p.seed)
+            model, _, _ = fit(X[idx], y[idx], head, val_fraction=p.val_fraction, seed=p.seed,
+                              cv_folds=p.cv_folds, cv_below=p.cv_below)
             accs.append(float(np.mean(model.predict(test.X) == test.y)))
         points.append({"per_class": n, "mean": float(np.mean(accs)), "std": float(np.std(accs)),
                        "draws": accs})
@@ -177,7 +179,7 @@ def _fit_heads(p: Pipeline, backbone: str, feats: BackboneFeatures, out: Path):
         log.info("%s: fitting %s", backbone, head)
         with sweep_backend(p.sweep.get("backend", "loky"), p.sweep.get("address")):
             model, vm, seconds = fit(X, y, head, val_mask=val_mask, val_fraction=p.val_fraction, seed=p.seed,
-                                     n_jobs=p.sweep.get("n_jobs"))
+                                     n_jobs=p.sweep.get("n_jobs"), cv_folds=p.cv_folds, cv_below=p.cv_below)
         y_pred = model.predict(te.X)
         model_file = out / "models" / f"{store.slug(backbone)}__{head}.joblib"
         if distributed.world().is_main:
@@ -185,7 +187,8 @@ def _fit_heads(p: Pipeline, backbone: str, feats: BackboneFeatures, out: Path):
                                {**vm, "fit_seconds": round(seconds, 3)}), model_file)
         row = {"dataset": p.name, "backbone": backbone, "method": head, "n_train": vm["n_train"],
                **classification_metrics(te.y, y_pred), "fit_seconds": round(seconds, 3),
-               "val_accuracy": vm["val_accuracy"], "best_params": vm["best_params"],
+               "val_accuracy": vm["val_accuracy"], "selection": vm["selection"], "cv": vm["cv"],
+               "best_params": vm["best_params"],
                "model": str(model_file.relative_to(out))}
         rows.append(row)
         details[(backbone, head)] = (te.y, y_pred)
@@ -203,9 +206,17 @@ def _data(p: Pipeline, feats: BackboneFeatures) -> dict:
         "test": p.test or f"{p.test_fraction:.0%} of train, stratified, seed {p.seed}",
         "classes": feats.classes, "n_train": len(feats.splits["train"].y), "n_val": n_val,
         "n_test": len(feats.splits["test"].y),
-        "validation": "the val source" if p.val else f"a stratified {p.val_fraction:.0%} of train, seed "
-                                                     f"{p.seed}",
+        "validation": _validation(p, len(feats.splits["train"].y)),
     }
+
+
+def _validation(p: Pipeline, n_train: int) -> str:
+    """How the heads' hyper-parameters and the best method were chosen, in words."""
+    if p.val:
+        return "the val source"
+    if n_train < p.cv_below:
+        return f"stratified {p.cv_folds}-fold cross-validation on train, seed {p.seed}"
+    return f"a stratified {p.val_fraction:.0%} of train, seed {p.seed}"
 
 
 def _best(results: list[dict], details: dict, classes: list[str]) -> dict:
@@ -221,6 +232,22 @@ def _best(results: list[dict], details: dict, classes: list[str]) -> dict:
             "per_class": [{"class": c, "precision": float(a), "recall": float(b), "f1": float(f),
                            "support": int(s)}
                           for c, a, b, f, s in zip(classes, prec, rec, f1, support)]}
+
+
+def _statistics(results: list[dict], details: dict) -> None:
+    """Each row's 95 % interval on its test accuracy, and the best row compared with each
+    other row on the same test images (McNemar's exact test)."""
+    right = {}
+    for r in results:
+        y_true, y_pred = details[(r["backbone"], method_label(r))]
+        right[id(r)] = np.asarray(y_true) == np.asarray(y_pred)
+        r["test_interval95"] = list(wilson(int(right[id(r)].sum()), len(y_true)))
+    best = next(r for r in results if r.get("best"))
+    for r in results:
+        if r is not best and len(right[id(r)]) == len(right[id(best)]):
+            m = mcnemar(right[id(best)], right[id(r)])
+            r["vs_best"] = {"p_value": m["p_value"], "only_best_right": m["only_first_right"],
+                            "only_this_right": m["only_second_right"]}
 
 
 def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = "cache") -> dict:
@@ -255,6 +282,8 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
         results += rows
         efficiency += curves
         details.update(more)
+    best = _best(results, details, data["classes"])
+    _statistics(results, details)
     report = {
         "name": p.name,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -262,7 +291,7 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
         "data": data,
         "protocol": PROTOCOL,
         "results": results,
-        "best": _best(results, details, data["classes"]),
+        "best": best,
         "efficiency": efficiency,
         "extraction": extraction,
         "skipped": skipped,

@@ -34,17 +34,19 @@ def align_labels(y: np.ndarray, classes: list[str], to: list[str], what: str) ->
 
 
 def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int = 0,
-        n_jobs: int | None = None) -> Fitted:
-    """Fit a head by name on the labelled rows. With ``n_jobs`` its sweep runs as that
-    many joblib tasks (see :mod:`featx.heads.sweeps`)."""
+        n_jobs: int | None = None, cv_folds: int = 5, cv_below: int = 20_000) -> Fitted:
+    """Fit a head by name on the labelled rows, its hyper-parameter chosen as
+    :class:`~featx.heads.base.SweptHead` says (``cv_folds``-fold cross-validation below
+    ``cv_below`` rows without ``val_mask``). With ``n_jobs`` its sweep runs as that many
+    joblib tasks (see :mod:`featx.heads.sweeps`)."""
     labelled = y >= 0
     if not labelled.all():
         X, y = X[labelled], y[labelled]
         val_mask = None if val_mask is None else np.asarray(val_mask)[labelled]
     start = time.perf_counter()
     try:
-        model = make_head(head, val_fraction=val_fraction, random_state=seed,
-                          n_jobs=n_jobs).fit(X, y, val_mask=val_mask)
+        model = make_head(head, val_fraction=val_fraction, random_state=seed, n_jobs=n_jobs,
+                          cv_folds=cv_folds, cv_below=cv_below).fit(X, y, val_mask=val_mask)
     except ValueError as exc:  # e.g. a single class
         raise FeatxError(f"{head}: cannot fit ({exc})") from None
     seconds = time.perf_counter() - start
@@ -53,6 +55,7 @@ def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int 
         "selected_on_validation": model.selected_on_validation_,
         "best_params": {k: _plain(v) for k, v in model.best_params_.items()},
         "val_scores": [{k: _plain(v) for k, v in s.items()} for s in model.val_scores_],
+        **selection(model),
         "n_train": len(y),
     }
     return Fitted(model, metrics, seconds)
@@ -60,6 +63,15 @@ def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int 
 
 def _plain(v):
     return v.item() if isinstance(v, np.generic) else v
+
+
+def selection(model) -> dict:
+    """How the head chose its hyper-parameter: ``selection`` ("5-fold cross-validation",
+    "validation split" or "none") and, for cross-validation, the chosen setting's mean
+    accuracy, its standard deviation and each fold's (``cv``)."""
+    return {"selection": getattr(model, "selection_", "validation split" if model.selected_on_validation_
+                                 else "none"),
+            "cv": getattr(model, "cv_", None)}
 
 
 def train(features: str | os.PathLike, head: str, *, val: str | os.PathLike | None = None,
@@ -122,6 +134,7 @@ def _fit_streaming(X, y, head: str, stores: list[Path], *, max_memory, val_mask,
         "selected_on_validation": model.selected_on_validation_,
         "best_params": {k: _plain(v) for k, v in model.best_params_.items()},
         "val_scores": [{k: _plain(v) for k, v in s.items()} for s in model.val_scores_],
+        **selection(model),
         "n_train": int(np.sum(y >= 0)),
         "streamed": {"max_memory": streamed.max_memory, "rows_per_block": streamed.rows_per_block_,
                      "rows_read": int(streamed.tally_.rows)},

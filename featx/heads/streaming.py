@@ -137,7 +137,7 @@ class StreamedHead:
     arrays by blocks. ``tally_`` counts the blocks read, fit and predictions included."""
 
     FITTED = ("classes_", "n_features_in_", "best_params_", "val_scores_", "val_accuracy_",
-              "selected_on_validation_", "temperature_", "model_", "n_iter_")
+              "selected_on_validation_", "selection_", "cv_", "temperature_", "model_", "n_iter_")
 
     def __init__(self, head_, name: str, job: Job):
         self.head_, self.name = head_, name

@@ -142,6 +142,8 @@ def settle(head, job: Job, candidates: list[dict], scores, best: int):
     head.classes_ = np.unique(job.y[job.labelled])
     head.n_features_in_ = job.d
     head.selected_on_validation_ = job.val is not None and len(candidates) > 1
+    head.selection_ = "validation split" if job.val is not None else "none"  # out of core: no folds
+    head.cv_ = None
     head.val_scores_ = ([{**p, "accuracy": a} for p, (a, _) in zip(candidates, scores)]
                         if scores is not None and len(candidates) > 1 else [])
     head.val_accuracy_ = None if scores is None else scores[best][0]

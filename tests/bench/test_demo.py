@@ -33,7 +33,7 @@ def test_demo_on_user_data_with_train_and_test_folders(tmp_path, capsys):
     assert {r["backbone"] for r in report["results"]} == {"efficientnet_lite0", "pixels"}
     assert [(r["method"], r["image_size"]) for r in report["results"] if "epochs_run" in r] == [
         ("finetune", 224), ("scratch", 224)]  # your images at the weights' own resolution
-    assert "Best (by validation accuracy)" in captured.err
+    assert "Best (by cross-validated accuracy)" in captured.err
 
 
 def test_demo_on_a_plain_folder_holds_out_a_test_quarter(tmp_path):

@@ -106,6 +106,19 @@ def test_run_writes_the_report_and_a_head_only_change_does_no_extraction(tmp_pat
     assert [e["dim"] for e in report["extraction"]] == [1280, 3072]
     r0 = on_disk["results"][0]
     assert r0["n_train"] == 12 and 0 <= r0["test_accuracy"] <= 1
+    # 12 training images: chosen by cross-validation; every accuracy with its interval, every
+    # other method tested against the best on the same test images
+    assert on_disk["data"]["validation"].startswith("stratified 5-fold cross-validation")
+    assert all(r["selection"] == "5-fold cross-validation" and len(r["cv"]["fold_accuracies"]) == 5
+               for r in on_disk["results"])
+    for r in on_disk["results"]:
+        lo, hi = r["test_interval95"]
+        assert lo <= r["test_accuracy"] <= hi and hi - lo > 0.2  # 8 test images: a wide interval
+        assert ("vs_best" in r) != r["best"] and (r["best"] or 0 <= r["vs_best"]["p_value"] <= 1)
+    md = (tmp_path / "out" / "report.md").read_text()
+    assert "95 % interval" in md and "p vs best" in md
+    if any(r["vs_best"]["p_value"] >= 0.05 for r in on_disk["results"] if not r["best"]):
+        assert "Within noise of the best" in md
     curve = on_disk["efficiency"][0]
     assert [pt["per_class"] for pt in curve["points"]] == [1, 2, 6.0]
     assert len(curve["points"][0]["draws"]) == 2

@@ -92,7 +92,7 @@ def test_the_rotation_is_not_part_of_a_saved_model():
 
 def test_logreg_head_chooses_the_same_C_as_fresh_scikit_learn_fits():
     X, y = blobs(n=800, d=60, k=5, seed=2, spread=1.0)
-    head = make_head("logreg", device="cpu").fit(X, y)
+    head = make_head("logreg", device="cpu", cv_below=0).fit(X, y)  # on one validation split
     tr, va = np.flatnonzero(~np.isin(np.arange(len(y)), _val_rows(head, y))), _val_rows(head, y)
     from sklearn.preprocessing import StandardScaler
     s = StandardScaler().fit(X[tr])
@@ -142,7 +142,7 @@ def test_cosine_knn_query_on_a_training_row_takes_its_label():
 
 def test_knn_head_sweep_scores_equal_one_fit_per_k():
     X, y = blobs(n=400, d=25, k=3, seed=7, spread=0.7)
-    head = make_head("knn", device="cpu").fit(X, y)
+    head = make_head("knn", device="cpu", cv_below=0).fit(X, y)  # on one validation split
     va = _val_rows(head, y)
     tr = np.setdiff1d(np.arange(len(y)), va)
     for row in head.val_scores_:

@@ -53,7 +53,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"featx: error: {exc.as_flag() if isinstance(exc, ParameterError) else exc}", file=sys.stderr)
         return 1
     except Interrupted as exc:  # what the extraction kept (featx.core.signals)
-        print(f"featx: {exc}", file=sys.stderr)
+        # one write of the whole line: under torchrun every process says this at once
+        sys.stderr.write(f"featx: {exc}\n")
+        sys.stderr.flush()
         return 128 + exc.signum
     except KeyboardInterrupt:
         print("featx: interrupted", file=sys.stderr)

@@ -37,7 +37,7 @@ class SweptHead(ClassifierMixin, BaseEstimator):
     default_index = 0
     cv_folds, cv_below = 5, 20_000  # class defaults too: heads pickled before these parameters load
 
-    def __init__(self, val_fraction: float = 0.2, random_state: int = 0, n_jobs: int | None = None,
+    def __init__(self, val_fraction: float = 0.2, random_state: int = 0, n_jobs: int | None = None, *,
                  cv_folds: int = 5, cv_below: int = 20_000):
         self.val_fraction = val_fraction
         self.random_state = random_state

@@ -44,9 +44,9 @@ class LogRegHead(SweptHead):
 
     default_index = 12  # C = 1e-2
 
-    def __init__(self, val_fraction=0.2, random_state=0, n_jobs=None, cv_folds=5, cv_below=20_000,
+    def __init__(self, val_fraction=0.2, random_state=0, n_jobs=None, *, cv_folds=5, cv_below=20_000,
                  max_iter=1000, device="auto"):
-        super().__init__(val_fraction, random_state, n_jobs, cv_folds, cv_below)
+        super().__init__(val_fraction, random_state, n_jobs, cv_folds=cv_folds, cv_below=cv_below)
         self.max_iter = max_iter
         self.device = device
 

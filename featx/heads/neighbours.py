@@ -20,9 +20,9 @@ class KNNHead(SweptHead):
     def _candidates(self, y):
         return [{"n_neighbors": k} for k in self.K_GRID if k <= len(y)]
 
-    def __init__(self, val_fraction=0.2, random_state=0, n_jobs=None, cv_folds=5, cv_below=20_000,
+    def __init__(self, val_fraction=0.2, random_state=0, n_jobs=None, *, cv_folds=5, cv_below=20_000,
                  device="auto"):
-        super().__init__(val_fraction, random_state, n_jobs, cv_folds, cv_below)
+        super().__init__(val_fraction, random_state, n_jobs, cv_folds=cv_folds, cv_below=cv_below)
         self.device = device
 
     def _build(self, n_neighbors):

@@ -45,6 +45,7 @@ import tarfile
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 from featx.core import threads
 
@@ -81,18 +82,11 @@ def unpack(name: str, dest: Path, limit: int | None, seed: int = 0) -> Path:
     return dest
 
 
-@contextlib.contextmanager
 def forced(runtime: str | None):
     """featx's extractions run ``runtime`` (eager, torchscript-frozen, openvino) inside the block."""
     if runtime is None:
-        yield
-        return
-    chosen = plan.choose
-    plan.choose = lambda *a, **k: runtime
-    try:
-        yield
-    finally:
-        plan.choose = chosen
+        return contextlib.nullcontext()
+    return mock.patch.object(plan, "choose", lambda *a, **k: runtime)
 
 
 def tutorial(folder: Path, backbone, device: torch.device, out: Path) -> float:

@@ -34,6 +34,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from unittest import mock
 
 from featx.core import threads
 
@@ -62,18 +63,12 @@ def pool_uint8(x):
 pool_uint8.normalises = True  # featx's Staging then hands over the decoded batch, as to OpenVINO's graph
 
 
-@contextlib.contextmanager
 def taking(kind: str):
-    """Run the free network as a runtime taking ``kind`` input ("uint8" or "float", see the module's doc)."""
-    if kind == "float":  # the free network runs eagerly, on the normalised batch
-        yield
-        return
-    load = forward.load
-    forward.load = lambda *args, **kwargs: pool_uint8
-    try:
-        yield
-    finally:
-        forward.load = load
+    """Run the free network as a runtime taking ``kind`` input ("uint8" or "float", see the
+    module's doc); "float": eagerly, on the batch the main process normalised."""
+    if kind == "float":
+        return contextlib.nullcontext()
+    return mock.patch.object(forward, "load", lambda *args, **kwargs: pool_uint8)
 
 
 def free_backbone(like: str) -> Backbone:

@@ -131,8 +131,8 @@ class SweptHead(ClassifierMixin, BaseEstimator):
         if val_mask is not None:
             return [self._split(y, val_mask)]
         _, counts = np.unique(y, return_counts=True)
-        k = min(getattr(self, "cv_folds", 5), counts.min())
-        if len(y) < getattr(self, "cv_below", 20_000) and k >= 2:
+        k = min(self.cv_folds, counts.min())  # (class defaults serve heads pickled before)
+        if len(y) < self.cv_below and k >= 2:
             cv = StratifiedKFold(n_splits=k, shuffle=True, random_state=self.random_state)
             return list(cv.split(np.zeros(len(y)), y))
         split = self._split(y, None)

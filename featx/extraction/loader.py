@@ -16,7 +16,7 @@ import os
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 
 from ..core import distributed
 from ..core.workers import start_method
@@ -115,7 +115,10 @@ def _collate(samples, slabs: list[torch.Tensor] | None = None, part: int = 0):
         np.stack(images, out=slabs[k][:len(images)].numpy())
         batch = (k, len(images))
     elif images:
-        batch = torch.from_numpy(np.stack(images))
+        batch = torch.empty((len(images), *images[0].shape), dtype=torch.uint8)
+        if get_worker_info() is not None:  # as default_collate: made in shared memory, sent without a copy
+            batch.share_memory_()
+        np.stack(images, out=batch.numpy())
     raw = [s for s in samples if isinstance(s[1], bytes)]
     return ok, [s for s in samples if s[1] is None], batch, raw
 

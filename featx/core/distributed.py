@@ -57,8 +57,14 @@ def init_from_env(device: str = "auto") -> World:
     return world()
 
 
-def shutdown() -> None:
+def shutdown(clean: bool = True) -> None:
+    """Leave the group. After a command that ended well (``clean``), every process first
+    waits for the others (a barrier), so that none closes its connections while a peer
+    still uses them; after a failure nobody waits: a peer may never arrive. (How a
+    process then exits: :func:`featx.cli._leave`.)"""
     if dist.is_available() and dist.is_initialized():
+        if clean and world().size > 1:
+            dist.barrier()
         dist.destroy_process_group()
 
 

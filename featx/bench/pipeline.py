@@ -15,6 +15,9 @@ Relative data paths are read from the directory featx runs in.
               commit_rows: 2048}  # images per journal commit: a killed run loses at most this many
     # (image_size is the networks' input; the pixels baseline stays at 32 x 32)
     heads: [logreg, linear_svm, knn]
+    search: auto             # optional: feature recipes fitted beside the backbones (docs/recipes.md):
+                             # auto, or a list such as [{backbone: efficientnet_lite0, tta: flip},
+                             # {stack: [efficientnet_lite0, efficientnet_lite1]}]
     seed: 0
     val_fraction: 0.2        # the held-out share of train when there is no val source, from cv_below rows
     cv_folds: 5              # below cv_below training rows (and without a val source), heads and the
@@ -96,6 +99,7 @@ class Pipeline:
     finetune: dict | None = None  # the finetune stage's settings, None: no fine-tuning
     scratch: dict | None = None  # the scratch stage's own settings (the rest: finetune's)
     sweep: dict = field(default_factory=dict)  # n_jobs, backend, address: where the heads' sweeps run
+    search: list | str | None = None  # "auto" or recipes (featx.extraction.recipes), beside the backbones
 
 
 def _check(value, schema, where: str, origin: str):
@@ -138,6 +142,9 @@ def _check(value, schema, where: str, origin: str):
 
 def from_dict(raw, origin: str = "pipeline") -> Pipeline:
     """A validated Pipeline from parsed YAML (``origin`` names it in errors)."""
+    search = raw.get("search") if isinstance(raw, dict) else None
+    if isinstance(raw, dict) and "search" in raw:  # a list or "auto": checked by _search
+        raw = {k: v for k, v in raw.items() if k != "search"}
     d = _check(raw, _SCHEMA, "", origin)
     for name in d["heads"] + d.get("report", {}).get("efficiency", {}).get("heads", []):
         if name not in HEADS:
@@ -181,12 +188,27 @@ def from_dict(raw, origin: str = "pipeline") -> Pipeline:
     p.draws = eff.get("draws", p.draws)
     p.finetune, p.scratch = d.get("finetune"), d.get("scratch")
     p.sweep = d.get("sweep") or {}
+    p.search = _search(search, origin)
     for stage in ("finetune", "scratch"):
         for name in (d.get(stage) or {}).get("backbones", []):
             if name not in p.backbones:
                 raise PipelineError(f"{origin}: {stage}.backbones names {name!r}, "
                                     "which backbones does not list")
     return p
+
+
+def _search(search, origin: str):
+    """The ``search:`` section checked: ``auto`` (built when the pipeline runs, from its
+    backbones) or a list of recipes, each as :func:`featx.extraction.recipes.parse` reads it."""
+    if search is None or search == "auto":
+        return search
+    from ..extraction.recipes import RecipeError, candidates
+
+    try:
+        candidates(search, [])
+    except RecipeError as exc:
+        raise PipelineError(f"{origin}: {exc}") from None
+    return search
 
 
 def load(path: str | os.PathLike) -> Pipeline:

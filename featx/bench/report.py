@@ -161,6 +161,27 @@ def _networks_table(report: dict) -> list[list[str]]:
     return [head, *body]
 
 
+def _recipes_table(report: dict) -> list[list[str]]:
+    """Each feature recipe's cost beside what it bought: its width, its extraction time per
+    image (every view of every part, as measured when its stores were made) and its best
+    head by cross-validated (or validation) accuracy, with that head's test accuracy."""
+    base = report["extraction"][0].get("ms_per_image")
+    head = ["features", "dims", "extract ms / image", "x first", "best head", "CV / val accuracy",
+            "test accuracy"]
+    body = []
+    for e in report["extraction"]:
+        rows = [r for r in report["results"]
+                if r["backbone"] == e["backbone"] and r.get("val_accuracy") is not None]
+        if not rows:
+            continue
+        top = max(rows, key=lambda r: r["val_accuracy"])
+        ms = e.get("ms_per_image")
+        body.append([e["backbone"], str(e.get("dim", "")), "-" if ms is None else f"{ms:.1f}",
+                     "-" if not (ms and base) else f"{ms / base:.1f}", method_label(top),
+                     _selection_score(top), _pct(top["test_accuracy"])])
+    return [head, *body]
+
+
 def _per_class_table(report: dict) -> list[list[str]]:
     return [["class", "precision", "recall", "F1", "support"]] + [
         [c["class"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}", str(c["support"])]
@@ -254,6 +275,8 @@ def _sections(report: dict, figs: dict[str, bytes]) -> list[tuple[str, str, obje
                   f"classes: {', '.join(d.get('classes', []))}"]
     out = [("Summary", "text", summary(report)), ("Data", "text", data_lines),
            ("Results", "table", _results_table(report)), ("Protocol", "text", [report.get("protocol", "")])]
+    if any("recipe" in e for e in report["extraction"]):
+        out.append(("Feature recipes: accuracy and cost", "table", _recipes_table(report)))
     if any(r["method"] in ("finetune", "scratch") for r in report["results"]):
         out.append(("Trained networks", "table", _networks_table(report)))
     out += [(f"Best method: {report['best']['backbone']} + {report['best']['method']}", "table",

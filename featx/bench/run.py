@@ -10,7 +10,7 @@ import logging
 import os
 import platform
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,12 +19,12 @@ from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 from sklearn.model_selection import train_test_split
 
 from .. import store
-from ..backbones import PIXELS, load_backbone
+from ..backbones import PIXELS
 from ..core import distributed
 from ..core.names import DEFAULT_LAYER
 from ..core.version import __version__
 from ..data.sources import SubsetSource, open_source
-from ..extraction import extract
+from ..extraction.recipes import Recipe, candidates, networks, recipe_store
 from ..heads import CHEAP_HEADS
 from ..heads.bundle import Bundle, save
 from ..heads.fitting import align_labels, fit
@@ -79,6 +79,7 @@ class BackboneFeatures:
     extraction: dict  # the report's extraction row
     skipped: list[dict]  # files not embedded, per split
     provenance: dict  # of the train store
+    blocks: tuple[int, ...] = ()  # a recipe's block widths (BlockScaler weighs them alike)
 
     def training_rows(self) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """(X, y, val_mask): train and val stacked, val marked; no mask without a val split."""
@@ -96,16 +97,16 @@ def extract_options(p: Pipeline) -> dict:
             if k in ("batch_size", "precision", "device", "decode", "workers", "on_error", "commit_rows")}
 
 
-def _features(p: Pipeline, sources: dict, backbone: str, cache_dir) -> BackboneFeatures:
-    """Every split embedded with one backbone (through the cache)."""
-    size = None if backbone == PIXELS else p.extract.get("image_size")  # the baseline stays at 32 px
-    bb = load_backbone(backbone, image_size=size)
+def _features(p: Pipeline, sources: dict, recipe: Recipe, cache_dir, name: str) -> BackboneFeatures:
+    """Every split embedded with one recipe (through the cache): a backbone's own store,
+    or the store its recipe composes from its parts' stores; ``name``: the report's."""
+    nets = networks(recipe)
     results, arrays, skipped = {}, {}, []
     for split, src in sources.items():
-        r = extract(src, bb, cache_dir, **extract_options(p))
-        arrays[split] = store.load(r.path)
-        results[split] = (r, store.info(r.path))
-        skipped += [{"split": split, "backbone": backbone, **s} for s in results[split][1]["skipped"]]
+        made = recipe_store(recipe, src, cache_dir, nets=nets, **extract_options(p))
+        arrays[split] = store.load(made.path)
+        results[split] = (made, store.info(made.path))
+        skipped += [{"split": split, "backbone": name, **s} for s in results[split][1]["skipped"]]
     classes = arrays["train"].classes
     splits = {}
     for split, (X, y, keys, cls) in arrays.items():
@@ -114,8 +115,23 @@ def _features(p: Pipeline, sources: dict, backbone: str, cache_dir) -> BackboneF
         splits[split] = Split(X[keep], y[keep], keys[keep])
     if "test" not in splits:
         splits["train"], splits["test"] = _hold_out_test(p, splits["train"])
-    return BackboneFeatures(splits, classes, _extraction_row(backbone, results, splits), skipped,
-                            results["train"][1]["provenance"])
+    return BackboneFeatures(splits, classes, _extraction_row(name, recipe, results, splits), skipped,
+                            results["train"][1]["provenance"], results["train"][0].blocks)
+
+
+def recipes_of(p: Pipeline) -> list[tuple[str, Recipe]]:
+    """(name, recipe): the pipeline's backbones, each as it is, then the recipes its
+    ``search:`` adds, named as written; in the recipe a network without a resolution of
+    its own reads the pipeline's ``image_size`` (the pixels baseline stays at 32 px)."""
+    size = p.extract.get("image_size")
+    listed = [Recipe.of(b) for b in p.backbones]
+    searched = candidates(p.search, p.backbones, size) if p.search else []
+    out = []
+    for r in dict.fromkeys(listed + searched):
+        parts = tuple(part if part.backbone == PIXELS or part.image_size else replace(part, image_size=size)
+                      for part in r.parts)
+        out.append((r.name, Recipe(parts)))
+    return out
 
 
 def _hold_out_test(p: Pipeline, tr: Split) -> tuple[Split, Split]:
@@ -129,19 +145,24 @@ def _hold_out_test(p: Pipeline, tr: Split) -> tuple[Split, Split]:
     return Split(tr.X[a], tr.y[a], tr.keys[a]), Split(tr.X[b], tr.y[b], tr.keys[b])
 
 
-def _extraction_row(backbone: str, results: dict, splits: dict[str, Split]) -> dict:
-    images = sum(info["rows"] for _, info in results.values())
-    made = [info["provenance"].get("throughput", {}) for _, info in results.values()]
-    secs = sum(t.get("seconds", 0.0) for t in made)
-    r0, info0 = results["train"]
-    return {
-        "backbone": backbone, "images": images,
-        "images_per_second": round(sum(t.get("images", 0) for t in made) / secs, 2) if secs else None,
-        "embedded_this_run": sum(r.embedded for r, _ in results.values()),
-        "precision": r0.precision, "device": r0.device, "dim": int(splits["train"].X.shape[1]),
-        "image_size": info0["provenance"]["backbone"]["preprocessing"]["image_size"],
-        "stores": {s: str(r.path) for s, (r, _) in results.items()},
+def _extraction_row(name: str, recipe: Recipe, results: dict, splits: dict[str, Split]) -> dict:
+    made = [r for rs, _ in results.values() for views in rs.parts for r in views]
+    throughput = [store.info(r.path)["provenance"].get("throughput", {}) for r in made]
+    secs = sum(t.get("seconds", 0.0) for t in throughput)
+    rs0, info0 = results["train"]
+    first = rs0.parts[0][0]
+    row = {
+        "backbone": name, "images": sum(info["rows"] for _, info in results.values()),
+        "images_per_second": round(sum(t.get("images", 0) for t in throughput) / secs, 2) if secs else None,
+        "embedded_this_run": sum(r.embedded for r in made),
+        "precision": first.precision, "device": first.device, "dim": int(splits["train"].X.shape[1]),
+        "image_size": store.info(first.path)["provenance"]["backbone"]["preprocessing"]["image_size"],
+        "ms_per_image": rs0.ms_per_image,
+        "stores": {s: str(rs.path) for s, (rs, _) in results.items()},
     }
+    if not recipe.plain:
+        row["recipe"] = recipe.to_dict()
+    return row
 
 
 def _efficiency(p: Pipeline, backbone: str, head: str, *, X, y, test: Split, main: dict) -> dict:
@@ -179,7 +200,8 @@ def _fit_heads(p: Pipeline, backbone: str, feats: BackboneFeatures, out: Path):
         log.info("%s: fitting %s", backbone, head)
         with sweep_backend(p.sweep.get("backend", "loky"), p.sweep.get("address")):
             model, vm, seconds = fit(X, y, head, val_mask=val_mask, val_fraction=p.val_fraction, seed=p.seed,
-                                     n_jobs=p.sweep.get("n_jobs"), cv_folds=p.cv_folds, cv_below=p.cv_below)
+                                     n_jobs=p.sweep.get("n_jobs"), cv_folds=p.cv_folds, cv_below=p.cv_below,
+                                     blocks=feats.blocks)
         y_pred = model.predict(te.X)
         model_file = out / "models" / f"{store.slug(backbone)}__{head}.joblib"
         if distributed.world().is_main:
@@ -189,10 +211,13 @@ def _fit_heads(p: Pipeline, backbone: str, feats: BackboneFeatures, out: Path):
                **classification_metrics(te.y, y_pred), "fit_seconds": round(seconds, 3),
                "val_accuracy": vm["val_accuracy"], "selection": vm["selection"], "cv": vm["cv"],
                "best_params": vm["best_params"],
+               "features": int(X.shape[1]), "extract_ms_per_image": feats.extraction["ms_per_image"],
                "model": str(model_file.relative_to(out))}
+        if "recipe" in feats.extraction:
+            row["recipe"] = feats.extraction["recipe"]
         rows.append(row)
         details[(backbone, head)] = (te.y, y_pred)
-        if head in eff_heads:
+        if head in eff_heads and "recipe" not in feats.extraction:  # curves: the backbones as they are
             log.info("%s: data efficiency of %s", backbone, head)
             curves.append(_efficiency(p, backbone, head, X=X, y=y, test=te, main=row))
     return rows, curves, details
@@ -266,17 +291,17 @@ def run(p: Pipeline, out_dir: str | os.PathLike, cache_dir: str | os.PathLike = 
         if split in sources:
             sources[split] = SubsetSource(sources[split], n, p.seed)
     results, extraction, efficiency, skipped, details, data = [], [], [], [], {}, None
-    for backbone in p.backbones:
+    for backbone, recipe in recipes_of(p):
         log.info("%s: embedding", backbone)
-        feats = _features(p, sources, backbone, cache_dir)
+        feats = _features(p, sources, recipe, cache_dir, backbone)
         extraction.append(feats.extraction)
         skipped += feats.skipped
         data = data or _data(p, feats)
         rows, curves, more = _fit_heads(p, backbone, feats, out)
-        if p.finetune is not None or p.scratch is not None:
+        if recipe.plain and (p.finetune is not None or p.scratch is not None):
             from .stages import run_stages
 
-            trained = run_stages(p, backbone, sources=sources, splits=feats.splits, out=out,
+            trained = run_stages(p, recipe.parts[0].backbone, sources=sources, splits=feats.splits, out=out,
                                  cache_dir=cache_dir, extract_options=extract_options(p))
             rows, curves, more = rows + trained[0], curves + trained[1], {**more, **trained[2]}
         results += rows

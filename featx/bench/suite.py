@@ -36,7 +36,7 @@ PROTOCOL = ("each dataset's official splits; heads: hyper-parameters chosen on t
 
 
 def pipeline_for(name: str, folder: Path, *, backbones: list[str], heads: list[str], finetune: dict | None,
-                 extract: dict, per_class: dict, seed: int) -> Pipeline:
+                 extract: dict, per_class: dict, seed: int, search: str | None = None) -> Pipeline:
     """The pipeline that benchmarks one prepared dataset (checked like a pipeline file)."""
     data = {"train": str(folder / "train"), "test": str(folder / "test")}
     if (folder / "val").is_dir():
@@ -47,6 +47,8 @@ def pipeline_for(name: str, folder: Path, *, backbones: list[str], heads: list[s
            "seed": seed}
     if finetune is not None:
         raw["finetune"] = finetune
+    if search is not None:
+        raw["search"] = search
     p = from_dict(raw, origin="featx bench")
     p.efficiency_heads = []  # the suite compares whole-data results; curves belong to a dataset's own run
     return p
@@ -55,7 +57,8 @@ def pipeline_for(name: str, folder: Path, *, backbones: list[str], heads: list[s
 def run_bench(names: list[str], backbones: list[str], heads: list[str], out_dir: str | os.PathLike, *,
               root: str | os.PathLike = "data", cache_dir: str | os.PathLike = "cache",
               finetune: dict | None = None,
-              extract: dict | None = None, per_class: dict | None = None, seed: int = 0) -> dict:
+              extract: dict | None = None, per_class: dict | None = None, seed: int = 0,
+              search: str | None = None) -> dict:
     """Run the suite; writes every dataset's report and the suite report; returns the latter."""
     started = time.perf_counter()
     out = Path(out_dir)
@@ -65,7 +68,7 @@ def run_bench(names: list[str], backbones: list[str], heads: list[str], out_dir:
         log.info("bench: %s", name)
         cuts = _cutting(folder, per_class or {})
         p = pipeline_for(name, folder, backbones=backbones, heads=heads, finetune=finetune,
-                         extract=extract or {}, per_class=cuts, seed=seed)
+                         extract=extract or {}, per_class=cuts, seed=seed, search=search)
         report = run(p, out / name, cache_dir)
         d = report["data"]
         n_train, n_test = d["n_train"] + d["n_val"], d["n_test"]

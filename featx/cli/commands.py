@@ -111,7 +111,7 @@ def cmd_bench(args) -> int:
         raise FeatxError("--epochs sets the fine-tuning's epochs; add --finetune")
     suite = run_bench(args.datasets, args.backbones, args.heads, args.out, root=args.root,
                       cache_dir=args.cache, finetune=finetune, extract=extract, per_class=args.per_class,
-                      seed=args.seed)
+                      seed=args.seed, search="auto" if args.search else None)
     for line in summary(suite):
         print(line, file=sys.stderr)
     print(f"report: {os.path.join(args.out, 'report.html')}")

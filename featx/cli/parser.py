@@ -243,6 +243,9 @@ def _bench(sub) -> None:
                    help="also fine-tune each backbone (LP-FT) on each dataset")
     b.add_argument("--epochs", type=_positive, metavar="N",
                    help="fine-tuning epochs (default: the pipeline's)")
+    b.add_argument("--search", action="store_true",
+                   help="also fit feature recipes built from the backbones (flip TTA, two more stages, a "
+                        "larger resolution, the backbones stacked); the best chosen by cross-validation")
     b.add_argument("--per-class", type=_per_class, default={}, metavar="SPLIT=N,..",
                    help="a seeded subset, e.g. train=500,test=200 images per class")
     _image_size(b)

@@ -31,6 +31,7 @@ class Preprocessing:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     decoder: str = "cpu"  # "gpu": JPEGs decoded and resized on CUDA (see featx.extraction.gpu_decode)
+    flip: bool = False  # the mirror image (left to right): the second view of flip test-time augmentation
 
     @property
     def resize_size(self) -> int:
@@ -53,6 +54,9 @@ class Preprocessing:
         # part of what determines the features: PIL with DCT scaling (see decode()), or
         # nvJPEG and torch's resize on the GPU
         d["decode"] = {"cpu": "jpeg-dct-scaled", "gpu": "nvjpeg"}[d.pop("decoder")]
+        if not d.pop("flip"):  # named only when set: stores written before flip existed keep their keys
+            return d
+        d["flip"] = True
         return d
 
     def decode(self, data: bytes) -> torch.Tensor:
@@ -71,6 +75,8 @@ class Preprocessing:
         image = TF.resize(decode_rgb(data, min_side=self.resize_size), self.resize_size, interpolation=mode,
                           antialias=True)
         image = TF.center_crop(image, [self.image_size, self.image_size])
+        if self.flip:
+            image = TF.hflip(image)
         return np.asarray(image, dtype=np.uint8)
 
     def to_uint8(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
@@ -79,6 +85,8 @@ class Preprocessing:
         mode = InterpolationMode(self.interpolation)
         image = TF.resize(image, self.resize_size, interpolation=mode, antialias=True)
         image = TF.center_crop(image, [self.image_size, self.image_size])
+        if self.flip:
+            image = TF.hflip(image)
         return image if isinstance(image, torch.Tensor) else TF.pil_to_tensor(image)
 
     def normalize(self, batch: torch.Tensor, dtype: torch.dtype = torch.float32,

@@ -47,17 +47,24 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         ``auto``, ``fp32``, ``bf16`` or ``fp16``.
     device : str
         ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+    recipe : str, dict or featx.extraction.recipes.Recipe, optional
+        A feature recipe (:mod:`featx.extraction.recipes`: stacked backbones, intermediate stages,
+        flip TTA, another resolution) instead of ``backbone``, ``layers`` and
+        ``image_size``: each row is the recipe's store's, its blocks side by side
+        unscaled; put ``featx.heads.BlockScaler(embedder.blocks())`` before a
+        classifier to weigh them alike, as featx's pipelines do.
     """
 
     def __init__(self, backbone: str = "efficientnet_lite0", *, cache_dir: str | os.PathLike = "cache",
                  layers: tuple[str, ...] = (), image_size: int | None = None, precision: str = "auto",
-                 device: str = "auto"):
+                 device: str = "auto", recipe=None):
         self.backbone = backbone
         self.cache_dir = cache_dir
         self.layers = layers
         self.image_size = image_size
         self.precision = precision
         self.device = device
+        self.recipe = recipe
 
     def fit(self, X, y=None):
         return self
@@ -68,6 +75,8 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         if source.problems:
             key, reason = source.problems[0]
             raise SourceError(f"{key}: {reason}")
+        if self.recipe is not None:
+            return self._recipe_rows(source, paths)
         result = extract(source, self._network(), self.cache_dir, precision=self.precision,
                          device=self.device, on_error="fail")
         log.info("%s: %d images, %d embedded, %d from the cache", self.backbone, len(paths), result.embedded,
@@ -80,6 +89,37 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
                 keys = [row[item] for item in FilesSource.keys_of(paths)]
             blocks.append(X_layer[keys])
         return np.hstack(blocks)
+
+    def _recipe_rows(self, source: FilesSource, paths: list[str]) -> np.ndarray:
+        from .recipes import recipe_store
+
+        recipe, nets = self._recipe()
+        made = recipe_store(recipe, source, self.cache_dir, nets=nets, precision=self.precision,
+                            device=self.device, on_error="fail")
+        X, _, stored, _ = store.load(made.path)
+        row = {k: i for i, k in enumerate(stored.tolist())}
+        return X[[row[item] for item in FilesSource.keys_of(paths)]]
+
+    def _recipe(self):
+        """The recipe and its networks, loaded once per recipe (not part of a pickle)."""
+        from .recipes import networks, parse
+
+        recipe = parse(self.recipe)
+        cached = self.__dict__.get("_cached_recipe")
+        if cached is None or cached[0] != recipe:
+            cached = (recipe, networks(recipe))
+            self.__dict__["_cached_recipe"] = cached
+        return cached
+
+    def blocks(self) -> tuple[int, ...]:
+        """The width of each block of a row: the embedding, then each layer (of each part
+        of the recipe, in order)."""
+        if self.recipe is None:
+            dims = self._network().dims
+            return tuple(dims[layer] for layer in (DEFAULT_LAYER, *self.layers))
+        recipe, nets = self._recipe()
+        return tuple(views[0].dims[layer] for part, views in zip(recipe.parts, nets)
+                     for layer in (DEFAULT_LAYER, *part.layers))
 
     def _network(self) -> Backbone:
         """The backbone, loaded once per set of parameters (not part of a pickle)."""
@@ -94,6 +134,7 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
     def __getstate__(self):
         state = super().__getstate__()
         state.pop("_cached_backbone", None)
+        state.pop("_cached_recipe", None)
         return state
 
     def __sklearn_is_fitted__(self) -> bool:
@@ -107,6 +148,12 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         return tags
 
     def get_feature_names_out(self, input_features=None) -> np.ndarray:
+        if self.recipe is not None:
+            recipe, _ = self._recipe()
+            layers = [f"{part.name}:{layer}" for part in recipe.parts
+                      for layer in (DEFAULT_LAYER, *part.layers)]
+            names = [f"{name}_{i}" for name, w in zip(layers, self.blocks()) for i in range(w)]
+            return np.array(names, dtype=object)
         dims = self._network().dims
         names = [f"{layer}_{i}" for layer in (DEFAULT_LAYER, *self.layers) for i in range(dims[layer])]
         return np.array(names, dtype=object)

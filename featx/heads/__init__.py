@@ -10,6 +10,7 @@ whichever module defines them, so files keep loading when modules move.
 from __future__ import annotations
 
 from .base import SweptHead, validation_split
+from .blocks import BlockScaler
 from .catalog import CHEAP_HEADS, HEADS, list_heads, make_head
 from .knn import CosineKNN
 from .linear import C_GRID, LinearSVMHead, LogRegHead, RidgeHead, _RowSpan
@@ -18,11 +19,12 @@ from .neighbours import KNNHead, NearestCentroidHead, _CosineCentroids
 from .nonlinear import HGBHead, MLPHead
 from .streaming_knn import StreamingCosineKNN
 
-for _cls in (SweptHead, LogRegHead, LinearSVMHead, RidgeHead, KNNHead, NearestCentroidHead, MLPHead, HGBHead,
-             _RowSpan, _CosineCentroids, TorchLogisticRegression, CosineKNN, StreamingCosineKNN):
+for _cls in (SweptHead, BlockScaler, LogRegHead, LinearSVMHead, RidgeHead, KNNHead, NearestCentroidHead,
+             MLPHead, HGBHead, _RowSpan, _CosineCentroids, TorchLogisticRegression, CosineKNN,
+             StreamingCosineKNN):
     _cls.__module__ = __name__
 del _cls
 
-__all__ = ["C_GRID", "CHEAP_HEADS", "HEADS", "CosineKNN", "HGBHead", "KNNHead", "LinearSVMHead", "LogRegHead",
-           "MLPHead", "NearestCentroidHead", "RidgeHead", "SweptHead", "TorchLogisticRegression",
-           "list_heads", "make_head", "validation_split"]
+__all__ = ["C_GRID", "CHEAP_HEADS", "HEADS", "BlockScaler", "CosineKNN", "HGBHead", "KNNHead",
+           "LinearSVMHead", "LogRegHead", "MLPHead", "NearestCentroidHead", "RidgeHead", "SweptHead",
+           "TorchLogisticRegression", "list_heads", "make_head", "validation_split"]

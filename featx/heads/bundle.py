@@ -96,8 +96,9 @@ LEGACY_MODULES = {"featx.logreg": "featx.heads", "featx.knn": "featx.heads"}
 # scikit-learn they hold that skops does not trust by default. Nothing else.
 SKOPS_TRUSTED = {
     *(f"featx.heads.{name}" for name in (
-        "LogRegHead", "LinearSVMHead", "RidgeHead", "KNNHead", "NearestCentroidHead", "MLPHead", "HGBHead",
-        "_RowSpan", "_CosineCentroids", "TorchLogisticRegression", "CosineKNN", "StreamingCosineKNN")),
+        "BlockScaler", "LogRegHead", "LinearSVMHead", "RidgeHead", "KNNHead", "NearestCentroidHead",
+        "MLPHead", "HGBHead", "_RowSpan", "_CosineCentroids", "TorchLogisticRegression", "CosineKNN",
+        "StreamingCosineKNN")),
     "featx.logreg.TorchLogisticRegression", "featx.knn.CosineKNN",
     "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
     "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",

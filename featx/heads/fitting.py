@@ -8,11 +8,13 @@ from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
+from sklearn.pipeline import Pipeline
 
 from .. import store
 from ..core.errors import FeatxError
 from ..core.names import DEFAULT_LAYER
 from ..store import Stacked
+from .blocks import BlockScaler
 from .bundle import Bundle
 from .catalog import make_head
 
@@ -34,19 +36,25 @@ def align_labels(y: np.ndarray, classes: list[str], to: list[str], what: str) ->
 
 
 def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int = 0,
-        n_jobs: int | None = None, cv_folds: int = 5, cv_below: int = 20_000) -> Fitted:
+        n_jobs: int | None = None, cv_folds: int = 5, cv_below: int = 20_000, blocks=None) -> Fitted:
     """Fit a head by name on the labelled rows, its hyper-parameter chosen as
     :class:`~featx.heads.base.SweptHead` says (``cv_folds``-fold cross-validation below
     ``cv_below`` rows without ``val_mask``). With ``n_jobs`` its sweep runs as that many
-    joblib tasks (see :mod:`featx.heads.sweeps`)."""
+    joblib tasks (see :mod:`featx.heads.sweeps`). ``blocks`` (the widths of a recipe's
+    blocks, two or more): the model is a scikit-learn ``Pipeline`` of a
+    :class:`~featx.heads.BlockScaler` fitted on all the rows, then the head."""
     labelled = y >= 0
     if not labelled.all():
         X, y = X[labelled], y[labelled]
         val_mask = None if val_mask is None else np.asarray(val_mask)[labelled]
     start = time.perf_counter()
+    model = make_head(head, val_fraction=val_fraction, random_state=seed, n_jobs=n_jobs,
+                      cv_folds=cv_folds, cv_below=cv_below)
+    whole = model
+    if blocks is not None and len(blocks) > 1:
+        whole = Pipeline([("blocks", BlockScaler(tuple(blocks))), ("head", model)])
     try:
-        model = make_head(head, val_fraction=val_fraction, random_state=seed, n_jobs=n_jobs,
-                          cv_folds=cv_folds, cv_below=cv_below).fit(X, y, val_mask=val_mask)
+        whole.fit(X, y, **{"head__val_mask" if whole is not model else "val_mask": val_mask})
     except ValueError as exc:  # e.g. a single class
         raise FeatxError(f"{head}: cannot fit ({exc})") from None
     seconds = time.perf_counter() - start
@@ -58,7 +66,7 @@ def fit(X, y, head: str, *, val_mask=None, val_fraction: float = 0.2, seed: int 
         **selection(model),
         "n_train": len(y),
     }
-    return Fitted(model, metrics, seconds)
+    return Fitted(whole, metrics, seconds)
 
 
 def _plain(v):

@@ -52,21 +52,17 @@ class Predictions:
 def predict(b: Bundle, data, cache_dir: str | os.PathLike = "cache", *, weights: str | None = None,
             batch_size: int | None = None, device: str = "auto", workers: int | None = None,
             on_error: str = "skip") -> Predictions:
-    """Classify every image of ``data`` with a bundle: backbone (through the store), then head."""
-    ident = b.backbone
-    weights = weights or b.weights_file
-    backbone = load_backbone(ident["name"], weights=weights, layers=ident["layers"],
-                             image_size=ident["preprocessing"]["image_size"])
-    if backbone.identity()["weights_sha256"] != ident["weights_sha256"]:
-        raise FeatxError(
-            f"{ident['name']}: these weights (SHA-256 {backbone.weights_sha256[:12]}) are not the ones the "
-            f"model was trained on ({ident['weights']}, {ident['weights_sha256'][:12]}); pass that file "
-            "with --weights"
-        )
-    result = extract(data, backbone, cache_dir, batch_size=batch_size, precision=b.precision,
-                     device=device, workers=workers, on_error=on_error)
-    X, y, keys, classes = store.load(result.path, b.layer)
-    skipped = [(s["key"], s["reason"]) for s in store.info(result.path)["skipped"]]
+    """Classify every image of ``data`` with a bundle: backbone (through the store), then
+    head; a bundle fitted on a recipe's features (:mod:`featx.extraction.recipes`) embeds the images
+    with every part of its recipe."""
+    options = {"batch_size": batch_size, "precision": b.precision, "device": device, "workers": workers,
+               "on_error": on_error}
+    if b.backbone.get("recipe"):
+        path = _recipe_store(b, data, cache_dir, weights, options)
+    else:
+        path = extract(data, _backbone(b, weights or b.weights_file), cache_dir, **options).path
+    X, y, keys, classes = store.load(path, b.layer)
+    skipped = [(s["key"], s["reason"]) for s in store.info(path)["skipped"]]
     names = b.classes
     proba = np.zeros((len(X), len(names)), np.float64)
     if len(X):
@@ -74,5 +70,36 @@ def predict(b: Bundle, data, cache_dir: str | os.PathLike = "cache", *, weights:
         proba[:, b.model.classes_] = b.model.predict_proba(X)
     return Predictions(
         keys=list(keys), labels=[names[k] for k in proba.argmax(axis=1)], proba=proba, classes=names,
-        true=[classes[k] if k >= 0 else "" for k in y], skipped=skipped, store=result.path,
+        true=[classes[k] if k >= 0 else "" for k in y], skipped=skipped, store=path,
     )
+
+
+def _backbone(b: Bundle, weights: str | None):
+    """The bundle's backbone, refused when its weights are not the ones the head was fitted on."""
+    ident = b.backbone
+    backbone = load_backbone(ident["name"], weights=weights, layers=ident["layers"],
+                             image_size=ident["preprocessing"]["image_size"])
+    _same_weights(backbone, ident, "with --weights")
+    return backbone
+
+
+def _same_weights(backbone, ident: dict, how: str) -> None:
+    if backbone.identity()["weights_sha256"] != ident["weights_sha256"]:
+        raise FeatxError(
+            f"{ident['name']}: these weights (SHA-256 {backbone.weights_sha256[:12]}) are not the ones the "
+            f"model was trained on ({ident['weights']}, {ident['weights_sha256'][:12]}); pass that file "
+            f"{how}"
+        )
+
+
+def _recipe_store(b: Bundle, data, cache_dir, weights: str | None, options: dict) -> Path:
+    from ..extraction.recipes import Recipe, networks, recipe_store
+
+    if weights is not None:
+        raise FeatxError(f"{b.backbone['name']}: a recipe's networks take their weights from their names; "
+                         "this model takes no weights file")
+    recipe = Recipe.from_dict(b.backbone["recipe"])
+    nets = networks(recipe)
+    for views, ident in zip(nets, b.backbone["parts"]):
+        _same_weights(views[0], ident, "(the recipe's networks must be the ones it was fitted on)")
+    return recipe_store(recipe, data, cache_dir, nets=nets, **options).path

@@ -91,8 +91,7 @@ class SweptHead(ClassifierMixin, BaseEstimator):
         acc = np.zeros((len(folds), len(candidates)))
         loss = np.zeros_like(acc)
         if len(candidates) > 1:
-            for f, (tr, va) in enumerate(folds):
-                acc[f], loss[f] = np.array(self._sweep_in_parts(candidates, X[tr], y[tr], X[va], y[va])).T
+            acc, loss = self._sweep_folds(candidates, X, y, folds)
         mean = acc.mean(0)
         best = 0 if len(candidates) == 1 else max(range(len(candidates)),
                                                   key=lambda i: (mean[i], -loss[:, i].mean()))
@@ -117,6 +116,12 @@ class SweptHead(ClassifierMixin, BaseEstimator):
         if len(folds) > 1:
             self.cv_ = {"folds": len(folds), "accuracy": self.val_accuracy_, **self._spread(acc[:, best])}
         return best
+
+    def _sweep_folds(self, candidates, X, y, folds) -> tuple[np.ndarray, np.ndarray]:
+        """(accuracy, log loss), each (folds, candidates): the sweep on every fold."""
+        scores = [self._sweep_in_parts(candidates, X[tr], y[tr], X[va], y[va]) for tr, va in folds]
+        arr = np.array(scores, dtype=np.float64)  # (folds, candidates, 2)
+        return arr[:, :, 0], arr[:, :, 1]
 
     @staticmethod
     def _spread(fold_accuracies: np.ndarray) -> dict:

@@ -9,6 +9,7 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import LinearSVC
 from sklearn.utils.validation import check_is_fitted, validate_data
 
+from ..core.devices import resolve_device
 from .base import SweptHead, score
 from .logreg import TorchLogisticRegression
 
@@ -63,6 +64,18 @@ class LogRegHead(SweptHead):
         Xt, Xv = prep.transform(Xt), prep.transform(Xv)
         model = TorchLogisticRegression(max_iter=self.max_iter, warm_start=True, device=self.device)
         return [score(model.set_params(**p).fit(Xt, yt), Xv, yv) for p in candidates]
+
+    def _sweep_folds(self, candidates, X, y, folds):
+        # k folds: solved together on one factorisation (featx.heads.logreg_folds) where it
+        # preconditions them well; joblib parts (n_jobs), a single split, and folds of fewer
+        # rows than features (solved fast one by one in their rows' span) keep the plain sweep
+        from .logreg_folds import batchable, sweep
+
+        if len(folds) < 2 or self.n_jobs not in (None, 1) or not batchable(X, folds):
+            return super()._sweep_folds(candidates, X, y, folds)
+
+        return sweep(X, y, folds, [p["C"] for p in candidates], max_iter=self.max_iter,
+                     dev=resolve_device(self.device))
 
     def fit(self, X, y, val_mask=None):
         super().fit(X, y, val_mask)

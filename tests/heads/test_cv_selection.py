@@ -72,3 +72,47 @@ def test_a_margin_head_is_calibrated_on_out_of_fold_decisions():
     p = head.predict_proba(X)
     assert head.temperature_ != 1.0 and np.allclose(p.sum(1), 1)
     assert (head.classes_[p.argmax(1)] == head.predict(X)).all()  # calibration leaves predictions alone
+
+
+@pytest.mark.parametrize("classes", [3, 2])
+def test_logregs_folds_solved_together_score_what_each_fold_fitted_alone_scores(classes):
+    """The batched sweep (one factorisation, every fold in one L-BFGS) against scikit-learn's
+    own StandardScaler -> LogisticRegression fitted fold by fold: the same accuracies, the
+    same log losses to the solvers' tolerance, and so the same chosen C."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from featx.heads import C_GRID
+    from featx.heads.logreg_folds import batchable, sweep
+
+    X, y = make_classification(500, 20, n_informative=8, n_classes=classes, flip_y=0.05, random_state=3)
+    X = X * np.linspace(0.5, 40, 20)  # features on very different scales, as embeddings are
+    folds = _folds(y)
+    assert batchable(X, folds)
+    Cs = C_GRID[6:20]
+    acc, loss = sweep(X, y, folds, Cs)
+    for f, (tr, va) in enumerate(folds):
+        for j, C in enumerate(Cs):
+            ref = make_pipeline(StandardScaler(), LogisticRegression(C=C, tol=1e-10, max_iter=10_000))
+            p = ref.fit(X[tr], y[tr]).predict_proba(X[va])
+            assert acc[f, j] == pytest.approx(np.mean(p.argmax(1) == y[va]), abs=1 / len(va) + 1e-9)
+            assert loss[f, j] == pytest.approx(log_loss(y[va], p), rel=2e-3)
+    head = make_head("logreg", random_state=0, device="cpu").fit(X, y)
+    plain = make_head("logreg", random_state=0, device="cpu")
+    plain._sweep_folds = lambda c, X_, y_, f: type(plain).__mro__[1]._sweep_folds(plain, c, X_, y_, f)
+    plain.fit(X, y)
+    assert head.best_params_ == plain.best_params_
+    assert head.cv_["fold_accuracies"] == pytest.approx(plain.cv_["fold_accuracies"], abs=0.011)
+
+
+def test_folds_too_small_or_too_unlike_all_rows_are_swept_one_by_one():
+    from featx.heads.logreg_folds import batchable
+
+    X, y = _data()  # 192 training rows per fold, 30 features
+    folds = _folds(y)
+    assert batchable(X, folds)
+    assert not batchable(np.hstack([X] * 8), folds)  # 240 features: more than a fold's rows
+    skewed = X.copy()
+    skewed[folds[0][1], 0] *= 40  # the rows fold 0 holds out: its training rows' scale differs
+    assert not batchable(skewed, folds)

@@ -64,7 +64,8 @@ def main() -> None:
     p.add_argument("--no-naive", action="store_true",
                    help="skip scikit-learn's loop (an hour at 50,000 rows)")
     args = p.parse_args()
-    paths = [extract(f"{DATASETS / f'cifar10-{s}.tar'}:cifar10/{s}", "efficientnet_lite0", args.cache).path
+    paths = [extract(f"{DATASETS / f'cifar10-{s}.tar'}:cifar10/{s}", "efficientnet_lite0", args.cache,
+                     batch_size=64).path  # the stores recipe_search.py makes
              for s in ("train", "test")]
     print(f"features ready: {[str(p) for p in paths]}", file=sys.stderr, flush=True)
     (X, y, _, classes), (Xte, yte, _, tclasses) = (store.load(path) for path in paths)

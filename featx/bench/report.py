@@ -105,8 +105,9 @@ def summary(report: dict) -> list[str]:
               f"{best['fit_seconds']:.1f} s on {best['n_train']} labelled images.")]
     if (close := _within_noise(rows)):
         lines.append(close)
+    recipes = {e["backbone"] for e in report["extraction"] if "recipe" in e}  # their own table says more
     for backbone in dict.fromkeys(r["backbone"] for r in rows):
-        if backbone == best["backbone"]:
+        if backbone == best["backbone"] or backbone in recipes:
             continue
         top = max((r for r in rows if r["backbone"] == backbone), key=lambda r: r["test_accuracy"])
         lines.append(f"{backbone}: at most {_pct(top['test_accuracy'])} test accuracy ({method_label(top)}).")

@@ -147,16 +147,16 @@ def _hold_out_test(p: Pipeline, tr: Split) -> tuple[Split, Split]:
 
 def _extraction_row(name: str, recipe: Recipe, results: dict, splits: dict[str, Split]) -> dict:
     made = [r for rs, _ in results.values() for views in rs.parts for r in views]
-    throughput = [store.info(r.path)["provenance"].get("throughput", {}) for r in made]
+    throughput = [t for rs, _ in results.values() for t in rs.throughput]
     secs = sum(t.get("seconds", 0.0) for t in throughput)
-    rs0, info0 = results["train"]
+    rs0, _ = results["train"]
     first = rs0.parts[0][0]
     row = {
         "backbone": name, "images": sum(info["rows"] for _, info in results.values()),
         "images_per_second": round(sum(t.get("images", 0) for t in throughput) / secs, 2) if secs else None,
         "embedded_this_run": sum(r.embedded for r in made),
         "precision": first.precision, "device": first.device, "dim": int(splits["train"].X.shape[1]),
-        "image_size": store.info(first.path)["provenance"]["backbone"]["preprocessing"]["image_size"],
+        "image_size": rs0.image_size,
         "ms_per_image": rs0.ms_per_image,
         "stores": {s: str(rs.path) for s, (rs, _) in results.items()},
     }

@@ -115,7 +115,8 @@ def train(features: str | os.PathLike, head: str, *, val: str | os.PathLike | No
                                                      val_mask=val_mask, val_fraction=val_fraction, seed=seed)
         else:
             model, metrics, seconds = fit(X.take(np.arange(X.shape[0])), y, head, val_mask=val_mask,
-                                          val_fraction=val_fraction, seed=seed, n_jobs=n_jobs)
+                                          val_fraction=val_fraction, seed=seed, n_jobs=n_jobs,
+                                          blocks=provenance.get("blocks"))  # a recipe's store
     except FeatxError as exc:
         raise FeatxError(f"{features}: {exc}") from None
     metrics["fit_seconds"] = round(seconds, 3)

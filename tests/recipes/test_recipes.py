@@ -43,8 +43,11 @@ def test_a_stacked_recipes_store_is_the_concatenation_of_its_parts(images, tmp_p
     assert X.shape == (12, 1280 + 192 + 3072) and made.blocks == (1280, 192, 3072)
     np.testing.assert_array_equal(X, expected)
     assert classes == ["ants", "bees"] and np.bincount(y).tolist() == [6, 6]
-    assert store.info(made.path)["provenance"]["recipe"] == recipe.to_dict()
+    provenance = store.info(made.path)["provenance"]
+    assert provenance["recipe"] == recipe.to_dict() and provenance["blocks"] == [1280, 192, 3072]
     assert made.ms_per_image > 0
+    # featx train on the recipe's store weighs its blocks as a pipeline does
+    assert [s for s, _ in featx.train(made.path, "nearest_centroid").model.steps] == ["blocks", "head"]
     # composed once: a second call finds it; a part's store that changes makes a new one
     assert recipe_store(recipe, str(train), tmp_path, workers=0).path == made.path
     (train / "bees" / "new.jpg").write_bytes((train / "ants" / "00.jpg").read_bytes())

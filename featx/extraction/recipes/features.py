@@ -24,6 +24,7 @@ from ...core.errors import FeatxError
 from ...core.hashing import digest
 from ...core.names import DEFAULT_LAYER
 from ...data.sources import Source, open_source
+from ...store.rows import take
 from ..run import extract
 from .recipe import Recipe
 
@@ -37,11 +38,19 @@ class RecipeStore:
     path: Path
     blocks: tuple[int, ...]  # the width of each block, in column order
     parts: list  # the ExtractResult of each part's views, in order
-    ms_per_image: float | None  # extraction time of every view of every part, per image, as measured
+    throughput: list[dict]  # each view's store's record: the images its runs embedded, their seconds
+    image_size: int  # the first part's
 
     @property
     def dim(self) -> int:
         return sum(self.blocks)
+
+    @property
+    def ms_per_image(self) -> float | None:
+        """The parts' extraction time per image, summed over views, as each store measured it."""
+        if not all(t.get("images") for t in self.throughput):
+            return None
+        return round(sum(1000.0 * t["seconds"] / t["images"] for t in self.throughput), 3)
 
 
 def networks(recipe: Recipe) -> list[list[Backbone]]:
@@ -66,9 +75,10 @@ def recipe_store(recipe: Recipe, data, cache_dir: str | os.PathLike = "cache", *
     source = data if isinstance(data, Source) else open_source(data)
     nets = nets or networks(recipe)
     results = [[extract(source, view, cache_dir, **options) for view in views] for views in nets]
-    cost = _ms_per_image([r.path for views in results for r in views])
+    throughput = [store.info(r.path)["provenance"].get("throughput", {}) for views in results for r in views]
+    size = nets[0][0].preprocessing.image_size
     if recipe.plain:
-        return RecipeStore(results[0][0].path, (nets[0][0].embed_dim,), results, cost)
+        return RecipeStore(results[0][0].path, (nets[0][0].embed_dim,), results, throughput, size)
     blocks = tuple(views[0].dims[layer] for part, views in zip(recipe.parts, nets)
                    for layer in (DEFAULT_LAYER, *part.layers))
     paths = [r.path for views in results for r in views]
@@ -77,8 +87,8 @@ def recipe_store(recipe: Recipe, data, cache_dir: str | os.PathLike = "cache", *
     if not path.is_file():
         with store.write_lock(path, wait=True):
             if not path.is_file():
-                _compose(recipe, nets, paths, path, key)
-    return RecipeStore(path, blocks, results, cost)
+                _compose(recipe, nets, paths, path, {"key": key, "blocks": list(blocks)})
+    return RecipeStore(path, blocks, results, throughput, size)
 
 
 def _stamp(path: Path) -> list:
@@ -87,43 +97,47 @@ def _stamp(path: Path) -> list:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
-def _ms_per_image(paths: list[Path]) -> float | None:
-    """The parts' extraction time per image, summed over views: each store's own record
-    of the images its runs embedded and the seconds they took."""
-    total = 0.0
-    for p in paths:
-        t = store.info(p)["provenance"].get("throughput", {})
-        if not t.get("images"):
-            return None
-        total += 1000.0 * t["seconds"] / t["images"]
-    return round(total, 3)
+class _Composed:
+    """The recipe's rows as an array-like the store writer reads block by block: each
+    block's rows taken from every view's store, averaged over a part's views, the parts
+    side by side. Memory stays one block's, whatever the number of images."""
+
+    def __init__(self, parts: list[list[list]]):
+        self.parts = parts  # per part, per view: its layers' rows (array-likes, in key order)
+        self.shape = (parts[0][0][0].shape[0], sum(x.shape[1] for views in parts for x in views[0]))
+        self.dtype = np.dtype(np.float32)
+
+    def take(self, rows: np.ndarray) -> np.ndarray:
+        blocks = []
+        for views in self.parts:
+            per_view = [np.hstack([take(x, rows) for x in layers]) for layers in views]
+            blocks.append(per_view[0] if len(per_view) == 1 else
+                          np.mean(per_view, axis=0, dtype=np.float64).astype(np.float32))
+        return np.hstack(blocks)
 
 
-def _compose(recipe: Recipe, nets, paths: list[Path], out: Path, key: str) -> None:
-    contents = [store.read(p) for p in paths]
+def _compose(recipe: Recipe, nets, paths: list[Path], out: Path, facts: dict) -> None:
+    contents = [store.read(p, lazy=True) for p in paths]
     first = contents[0]
     present = set(first.rows.keys.tolist())
     for c in contents[1:]:
         present &= set(c.rows.keys.tolist())
     keep = np.array([k in present for k in first.rows.keys.tolist()], dtype=bool)
     keys = first.rows.keys[keep]
-    features, i = [], 0
+    parts, i = [], 0
     for part, views in zip(recipe.parts, nets):
-        per_view = []
+        parts.append([])
         for _ in views:
-            c = contents[i]
-            rows = _rows_of(c, keys, paths[i])
-            per_view.append(np.hstack([np.asarray(c.rows.features[layer])[rows]
-                                       for layer in (DEFAULT_LAYER, *part.layers)]))
+            sel = _rows_of(contents[i], keys, paths[i])
+            parts[-1].append([store.Taken(contents[i].rows.features[layer], sel)
+                              for layer in (DEFAULT_LAYER, *part.layers)])
             i += 1
-        features.append(per_view[0] if len(per_view) == 1 else
-                        np.mean(per_view, axis=0, dtype=np.float64).astype(np.float32))
     skipped = _skipped(contents, present)
     rows = store.Rows(keys, first.rows.stamps[keep], first.rows.sha256[keep],
-                      {DEFAULT_LAYER: np.hstack(features)}, *skipped)
+                      {DEFAULT_LAYER: _Composed(parts)}, *skipped)
     idents = [views[0].identity() for views in nets]
     provenance = {
-        "format": FORMAT, "key": key, "recipe": recipe.to_dict(),
+        "format": FORMAT, **facts, "recipe": recipe.to_dict(),
         "backbone": {"name": recipe.name, "architecture": "recipe", "recipe": recipe.to_dict(),
                      "parts": idents, "weights": "; ".join(i["weights"] for i in idents),
                      "weights_sha256": digest([i["weights_sha256"] for i in idents]),

@@ -117,9 +117,9 @@ class ImageEmbedder(TransformerMixin, BaseEstimator):
         if self.recipe is None:
             dims = self._network().dims
             return tuple(dims[layer] for layer in (DEFAULT_LAYER, *self.layers))
-        recipe, nets = self._recipe()
-        return tuple(views[0].dims[layer] for part, views in zip(recipe.parts, nets)
-                     for layer in (DEFAULT_LAYER, *part.layers))
+        from .recipes import block_widths
+
+        return block_widths(*self._recipe())
 
     def _network(self) -> Backbone:
         """The backbone, loaded once per set of parameters (not part of a pickle)."""

@@ -3,8 +3,9 @@
 (:mod:`.features`); ``search: auto`` builds a set from a pipeline's backbones
 (:mod:`.search`). A head fitted on a recipe's blocks weighs them alike with
 :class:`featx.heads.BlockScaler`."""
-from .features import RecipeStore, networks, recipe_store
+from .features import RecipeStore, block_widths, networks, recipe_store
 from .recipe import Part, Recipe, RecipeError, parse
 from .search import candidates
 
-__all__ = ["Part", "Recipe", "RecipeError", "RecipeStore", "candidates", "networks", "parse", "recipe_store"]
+__all__ = ["Part", "Recipe", "RecipeError", "RecipeStore", "block_widths", "candidates", "networks", "parse",
+           "recipe_store"]

@@ -68,6 +68,12 @@ def networks(recipe: Recipe) -> list[list[Backbone]]:
     return out
 
 
+def block_widths(recipe: Recipe, nets: list[list[Backbone]]) -> tuple[int, ...]:
+    """The width of each block of the recipe's rows: each part's embedding, then its layers."""
+    return tuple(views[0].dims[layer] for part, views in zip(recipe.parts, nets)
+                 for layer in (DEFAULT_LAYER, *part.layers))
+
+
 def recipe_store(recipe: Recipe, data, cache_dir: str | os.PathLike = "cache", *,
                  nets: list[list[Backbone]] | None = None, **options) -> RecipeStore:
     """The recipe's features of ``data`` (any source :func:`featx.extract` takes), as a
@@ -79,8 +85,7 @@ def recipe_store(recipe: Recipe, data, cache_dir: str | os.PathLike = "cache", *
     size = nets[0][0].preprocessing.image_size
     if recipe.plain:
         return RecipeStore(results[0][0].path, (nets[0][0].embed_dim,), results, throughput, size)
-    blocks = tuple(views[0].dims[layer] for part, views in zip(recipe.parts, nets)
-                   for layer in (DEFAULT_LAYER, *part.layers))
+    blocks = block_widths(recipe, nets)
     paths = [r.path for views in results for r in views]
     key = digest({"format": FORMAT, "recipe": recipe.to_dict(), "stores": [_stamp(p) for p in paths]})
     path = store.store_path_for(cache_dir, source.name, "recipe", key)

@@ -35,8 +35,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _leave(status: int) -> None:
     """End a process that torchrun started, once its work is committed and its group left,
-    without the interpreter's teardown: destroying C++ objects at exit (the process
-    group's and the rendezvous store's threads) aborted a finished process now and then
+    without the interpreter's teardown: destroying C++ objects at exit (which one, the
+    looped runs did not show) aborted a finished process now and then
     ("terminate called without an active exception", SIGABRT, no Python frame left: twice
     in about 90 looped runs of a test in tests/core/test_distributed.py), and torchrun failed the whole
     job. Every file featx writes is closed by then; only the streams need flushing."""
